@@ -1,0 +1,39 @@
+# Two commands a new user needs:
+#   make quickstart   install everything, then run sweeps/quickstart.yaml (≈ 5–10 min on 2 CPU cores)
+#   make test         install everything, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+OUT    ?= $(CURDIR)/runs/quickstart
+
+.PHONY: install data quickstart test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# CPU torch first: an unpinned torch requirement would otherwise pull a multi-GB CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	# torchattacks declares torchvision and requests~=2.25; it imports only torch/numpy/scipy/tqdm.
+	$(PY) -m pip install -q --no-deps "torchattacks==3.5.1"
+	$(PY) -m pip install -q tqdm
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed data
+
+# Real Fashion-MNIST from Debian where apt is usable; elsewhere advsweep downloads it (checksum-verified).
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+quickstart: install
+	$(VENV)/bin/advsweep run sweeps/quickstart.yaml --out $(OUT)
+
+test: install
+	$(VENV)/bin/python -m pytest -q -ra tests
+
+bench: install
+	$(VENV)/bin/python benchmarks/attack_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,81 @@
+"""A generic ODE block over torchdiffeq with function-evaluation counters.
+
+Fixed-step solvers (euler, rk4, ...) take `step_size`; without it torchdiffeq takes ONE step over [0, T], so it is
+always set explicitly (default T, i.e. one step, recorded either way).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+from torchdiffeq._impl.odeint import SOLVERS
+
+SOLVER_NAMES = tuple(sorted(SOLVERS))
+FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "fixed_adams", "heun2", "heun3")
+Solver = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
+
+
+class _Counted(nn.Module):
+    """Wraps the dynamics f(t, h) to count forward evaluations; backward evaluations are counted by a tensor hook."""
+
+    def __init__(self, func: nn.Module, block: "ODEBlock"):
+        super().__init__()
+        self.func = func
+        self._block = [block]  # list: keep the parent out of the module tree
+
+    def forward(self, t, h):
+        block = self._block[0]
+        if block._solving:
+            block.nfe_forward += 1
+        else:  # the adjoint solve re-evaluates f during backward
+            block.nfe_backward += 1
+        out = self.func(t, h)
+        tensors = out if isinstance(out, tuple) else (out,)
+        if block._solving and not block.adjoint and torch.is_grad_enabled() and tensors[0].requires_grad:
+            tensors[0].register_hook(block._count_backward)
+        return out
+
+
+class ODEBlock(nn.Module):
+    def __init__(
+        self,
+        func: nn.Module,
+        solver: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        step_size: float | None = None,
+        T: float = 1.0,
+        adjoint: bool = False,
+    ):
+        super().__init__()
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; known: {', '.join(SOLVER_NAMES)}")
+        self.dynamics = _Counted(func, self)
+        self.solver, self.rtol, self.atol, self.T, self.adjoint = solver, rtol, atol, T, adjoint
+        self.step_size = (step_size if step_size is not None else T) if solver in FIXED_STEP_SOLVERS else None
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+        self._solving = False
+
+    def _count_backward(self, grad):
+        self.nfe_backward += 1
+        return grad
+
+    def extra_repr(self) -> str:
+        return f"solver={self.solver}, rtol={self.rtol}, atol={self.atol}, step_size={self.step_size}, T={self.T}, adjoint={self.adjoint}"
+
+    def forward(self, h):
+        t = torch.tensor([0.0, self.T], dtype=torch.float32, device=h[0].device if isinstance(h, tuple) else h.device)
+        options = {"step_size": self.step_size} if self.step_size is not None else None
+        self._solving = True
+        try:
+            if self.adjoint:
+                out = odeint_adjoint(self.dynamics, h, t, rtol=self.rtol, atol=self.atol, method=self.solver,
+                                     options=options, adjoint_params=tuple(self.dynamics.parameters()))
+            else:
+                out = odeint(self.dynamics, h, t, rtol=self.rtol, atol=self.atol, method=self.solver, options=options)
+        finally:
+            self._solving = False
+        return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
