@@ -4,4 +4,4 @@ Data flow: sweeps/*.yaml → advsweep.spec → advsweep.sweep (Ray Tune) → adv
 → advsweep.storage (Parquet + MLflow) → advsweep.analysis (frontiers, plots).
 """
 __version__ = "0.1.0"
-SCHEMA_VERSION = "1"
+

@@ -1,9 +1,25 @@
 """Attack registry.
 
 An attack is a class registered with `@register_attack("name")`, built as `cls(model, eps, seed, **options)`; its
-constructor's keyword options are what a suite/spec may set. `attack.run(x, y)` takes [0,1] images and integer labels
-and returns an `AttackResult`. The caller puts the model in eval mode; attacks never change its mode or weights.
-`norm` is the threat model ("linf", "l2", or "none" for minimal-distortion attacks whose eps is ignored).
+constructor's keyword options, with their pydantic-compatible annotations, are what a suite/spec may set
+(`ATTACKS.validate` checks them). `attack(x, y)` takes [0,1] images and integer labels and returns an `AttackResult`.
+The caller puts the model in eval mode; attacks never change its mode or weights.
+
+`norm` is the threat model: "linf" / "l2" for ε-bounded attacks (x_adv lies in the ε-ball around x and in [0,1];
+eps=0 returns x unchanged), "none" for minimal-distortion attacks whose eps is ignored (they return each example's
+smallest adversarial found, or x where none was found, and its distance).
+
+Per-example bookkeeping in `AttackResult`:
+- `steps`: gradient evaluations for white-box attacks, model queries (forward passes) for black-box ones; the total
+  number of forward passes for `autoattack` (which mixes both; the split is in `info`).
+- `grad_norm`: mean ℓ1 norm of the input gradient of the loss the attack followed, over the gradient evaluations it
+  made for that example; NaN where it made none (e.g. an example already misclassified that the attack skipped);
+  None for attacks that use no gradients.
+- `distance`: for minimisation attacks (and `boundary`, `cw_l2`): the norm of the smallest adversarial perturbation
+  found (0 for an example already misclassified, inf where none was found).
+- `info`: attack-specific metadata (e.g. the effective AutoAttack settings and which stage broke each example).
+
+`source_model` is reserved: the engine injects it (transfer attacks); a spec cannot set it.
 """
 from __future__ import annotations
 
@@ -15,15 +31,17 @@ from torch import nn
 
 from advsweep.registry import Registry, import_submodules
 
-ATTACKS = Registry("attack", reserved=("model", "eps", "seed"))
+ATTACKS = Registry("attack", reserved=("model", "eps", "seed", "source_model"))
 register_attack = ATTACKS.register
 
 
 @dataclass
 class AttackResult:
     x_adv: torch.Tensor
-    steps: torch.Tensor | None = None  # per example: gradient steps or model queries spent
+    steps: torch.Tensor | None = None  # per example: gradient evaluations or model queries spent
     grad_norm: torch.Tensor | None = None  # per example: mean ℓ1 norm of the input gradient the attack followed
+    distance: torch.Tensor | None = None  # per example: norm of the smallest adversarial found (minimisation attacks)
+    info: dict[str, Any] | None = None  # attack-specific metadata (settings, per-stage records)
 
 
 class Attack:
@@ -31,6 +49,8 @@ class Attack:
     uses_gradients: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, eps: float, seed: int):
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
         self.model, self.eps, self.seed = model, float(eps), int(seed)
 
     def run(self, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
@@ -41,10 +61,11 @@ class Attack:
             raise ValueError("attack inputs must lie in [0, 1]")
         if self.model.training:
             raise RuntimeError("attacks must run with the model in eval mode")
+        y = y.to(x.device).long()
         devices = [x.device] if x.device.type != "cpu" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
             torch.manual_seed(self.seed)
-            result = self.run(x, y)
+            result = self.run(x.detach(), y)
         result.x_adv = result.x_adv.detach()
         return result
 

@@ -1,45 +1,376 @@
-"""FGSM and PGD-ℓ∞ through torchattacks (the reference implementations most papers report)."""
+"""Attacks built from torchattacks 3.5.1 components: APGD-CE/DLR, AutoAttack (standard), Square, FAB (minimum norm).
+
+torchattacks supplies the per-run algorithms (`attack_single_run` of APGD, APGDT, FAB and Square); the outer loops
+(restarts, target classes, the AutoAttack cascade) are re-written here so that each run's examples are known, which
+lets us count model calls and log input-gradient norms per example. The loops follow torchattacks' (= the reference
+AutoAttack's) `perturb`, including re-seeding torch's RNG with the attack seed at the start of each component (inside
+the fork_rng of `Attack.__call__`, so the caller's RNG is untouched).
+
+`torchattacks.AutoAttack` is deliberately not used: it runs APGD/APGD-T/FAB with their 10-step defaults and Square with
+`resc_schedule=True` (evaluation.md §4f items 19–20). `autoattack` here is Croce & Hein's "standard" version.
+"""
 from __future__ import annotations
+
+from typing import Annotated, Any, Literal
 
 import torch
 import torchattacks
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
-from advsweep.attacks import Attack, AttackResult, clean_input_grad_norm, register_attack
+from advsweep.attacks import Attack, AttackResult, register_attack
+from advsweep.attacks._util import GradLog, lp, predict, unchanged
 
-
-class _TorchattacksAttack(Attack):
-    def _finish(self, x, y, x_adv, steps: int) -> AttackResult:
-        return AttackResult(
-            x_adv=x_adv,
-            steps=torch.full((len(x),), steps, dtype=torch.int32),
-            grad_norm=clean_input_grad_norm(self.model, x, y).cpu(),
-        )
+_TA_NORM = {"linf": "Linf", "l2": "L2"}
 
 
-@register_attack("fgsm")
-class FGSM(_TorchattacksAttack):
-    def __init__(self, model, eps, seed):
+class _Tracked:
+    """Mixin for a torchattacks attack: every `get_logits` call on the batch of the current run (whose global example
+    indices are `_idx`) counts one query per example, and the input gradient, when one is taken, is logged per
+    example through a tensor hook."""
+
+    _log: GradLog | None = None
+    _idx: torch.Tensor | None = None
+    _hook_grads: bool = True
+
+    def get_logits(self, inputs, labels=None, *args, **kwargs):
+        logits = super().get_logits(inputs, labels, *args, **kwargs)
+        log, idx = self._log, self._idx
+        if log is not None and idx is not None and len(inputs) == len(idx):
+            log.query(idx)
+            if self._hook_grads and inputs.requires_grad and torch.is_grad_enabled():
+                inputs.register_hook(lambda g, idx=idx: log.add(idx, g))
+        return logits
+
+
+class _APGD(_Tracked, torchattacks.APGD):
+    def perturb_tracked(self, x, y, idx):
+        """torchattacks APGD.perturb (cheap=True): restarts on the still-robust points."""
+        self._idx = idx
+        acc = self.get_logits(x).max(1)[1] == y
+        adv = x.clone()
+        torch.random.manual_seed(self.seed)
+        torch.cuda.random.manual_seed(self.seed)
+        for _ in range(self.n_restarts):
+            ind = acc.nonzero().flatten()
+            if ind.numel() == 0:
+                break
+            self._idx = idx[ind]
+            _, acc_curr, _, adv_curr = self.attack_single_run(x[ind], y[ind])
+            succ = (acc_curr == 0).nonzero().flatten()
+            acc[ind[succ]] = False
+            adv[ind[succ]] = adv_curr[succ].clone()
+        self._idx = None
+        return acc, adv
+
+
+class _APGDT(_Tracked, torchattacks.APGDT):
+    def perturb_tracked(self, x, y, idx):
+        """torchattacks APGDT.perturb: target classes 2..n_target_classes+1 (by logit rank), restarts on still-robust
+        points."""
+        self._idx = idx
+        acc = self.get_logits(x).max(1)[1] == y
+        adv = x.clone()
+        torch.random.manual_seed(self.seed)
+        torch.cuda.random.manual_seed(self.seed)
+        for target_class in range(2, self.n_target_classes + 2):
+            self.target_class = target_class
+            for _ in range(self.n_restarts):
+                ind = acc.nonzero().flatten()
+                if ind.numel() == 0:
+                    break
+                self._idx = idx[ind]
+                _, acc_curr, _, adv_curr = self.attack_single_run(x[ind], y[ind])
+                succ = (acc_curr == 0).nonzero().flatten()
+                acc[ind[succ]] = False
+                adv[ind[succ]] = adv_curr[succ].clone()
+        self._idx = None
+        return acc, adv
+
+
+class _FAB(_Tracked, torchattacks.FAB):
+    def get_diff_logits_grads_batch(self, imgs, la):
+        # Untargeted FAB backpropagates every logit (the hook would log each Jacobian row); log instead the gradient
+        # of the logit difference FAB actually linearises (the class it picks, as in attack_single_run).
+        self._hook_grads = False
+        try:
+            df, dg = super().get_diff_logits_grads_batch(imgs, la)
+        finally:
+            self._hook_grads = True
+        if self._log is not None and self._idx is not None and len(imgs) == len(self._idx):
+            flat = dg.flatten(2)
+            denom = {"Linf": flat.abs().sum(-1), "L2": flat.norm(dim=-1), "L1": flat.abs().amax(-1)}[self.norm]
+            ind = (df.abs() / (1e-12 + denom)).min(dim=1)[1]
+            self._log.add(self._idx, dg[torch.arange(len(imgs)), ind])
+        return df, dg
+
+    def perturb_tracked(self, x, y, idx):
+        """torchattacks FAB.perturb (multi-targeted or untargeted): a point counts as broken only if misclassified
+        within eps."""
+        self._idx = idx
+        with torch.no_grad():
+            acc = self.get_logits(x).max(1)[1] == y
+        adv = x.clone()
+        torch.random.manual_seed(self.seed)
+        torch.cuda.random.manual_seed(self.seed)
+        targets = range(2, self.n_target_classes + 2) if self.multi_targeted else [None]
+        for target_class in targets:
+            self.target_class = target_class
+            for counter in range(self.n_restarts):
+                ind = acc.nonzero().flatten()
+                if ind.numel() == 0:
+                    break
+                self._idx = idx[ind]
+                x_f, y_f = x[ind], y[ind]
+                if target_class is None:
+                    adv_curr = self.attack_single_run(x_f, y_f, use_rand_start=(counter > 0))
+                else:
+                    adv_curr = self.attack_single_run_targeted(x_f, y_f, use_rand_start=(counter > 0))
+                with torch.no_grad():
+                    acc_curr = self.get_logits(adv_curr).max(1)[1] == y_f
+                res = lp(x_f - adv_curr, "linf" if self.norm == "Linf" else "l2")
+                acc_curr = acc_curr | (res > self.eps)
+                succ = (~acc_curr).nonzero().flatten()
+                acc[ind[succ]] = False
+                adv[ind[succ]] = adv_curr[succ].clone()
+        self._idx = None
+        return acc, adv
+
+
+class _Square(torchattacks.Square):
+    def perturb_counted(self, x, y):
+        """torchattacks Square.perturb (untargeted), also returning the queries spent per example."""
+        self.init_hyperparam(x)
+        queries = torch.zeros(len(x), dtype=torch.int64)
+        with torch.no_grad():
+            acc = self.get_logits(x).max(1)[1] == y
+        queries += 1
+        adv = x.clone()
+        torch.random.manual_seed(self.seed)
+        torch.cuda.random.manual_seed(self.seed)
+        for _ in range(self.n_restarts):
+            ind = acc.nonzero().flatten()
+            if ind.numel() == 0:
+                break
+            n_q, adv_curr = self.attack_single_run(x[ind], y[ind])
+            with torch.no_grad():
+                acc_curr = self.get_logits(adv_curr).max(1)[1] == y[ind]
+            queries[ind.cpu()] += n_q.long().cpu() + 1
+            succ = (~acc_curr).nonzero().flatten()
+            acc[ind[succ]] = False
+            adv[ind[succ]] = adv_curr[succ].clone()
+        return acc, adv, queries
+
+
+def _num_classes(model, x) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
+class _APGDAttack(Attack):
+    loss: str = "ce"
+
+    def __init__(self, model, eps, seed, n_iter: PositiveInt = 100, restarts: PositiveInt = 1):
         super().__init__(model, eps, seed)
-
-    def run(self, x, y):
-        x_adv = torchattacks.FGSM(self.model, eps=self.eps)(x, y) if self.eps > 0 else x
-        return self._finish(x, y, x_adv, 1)
-
-
-@register_attack("pgd")
-class PGD(_TorchattacksAttack):
-    """PGD-ℓ∞ (Madry et al.). Step size `alpha` defaults to 2.5·eps/steps; `random_start` as in Madry."""
-
-    def __init__(self, model, eps, seed, steps: PositiveInt = 20, alpha: PositiveFloat | None = None,
-                 random_start: bool = True):
-        super().__init__(model, eps, seed)
-        self.steps, self.random_start = steps, random_start
-        self.alpha = alpha if alpha is not None else 2.5 * self.eps / steps
+        self.n_iter, self.restarts = n_iter, restarts
 
     def run(self, x, y):
         if self.eps == 0:
-            return self._finish(x, y, x, 0)
-        atk = torchattacks.PGD(self.model, eps=self.eps, alpha=self.alpha, steps=self.steps,
-                               random_start=self.random_start)
-        return self._finish(x, y, atk(x, y), self.steps)
+            return unchanged(x)
+        log = GradLog(len(x))
+        atk = _APGD(self.model, norm=_TA_NORM[self.norm], eps=self.eps, steps=self.n_iter, n_restarts=self.restarts,
+                    seed=self.seed, loss=self.loss, eot_iter=1, rho=0.75)
+        atk._log = log
+        _, adv = atk.perturb_tracked(x.clone(), y.clone(), torch.arange(len(x), device=x.device))
+        return AttackResult(x_adv=adv, steps=log.steps(), grad_norm=log.mean())
+
+
+@register_attack("apgd_ce")
+class APGDCE(_APGDAttack):
+    """APGD with cross-entropy (Croce & Hein 2020) via torchattacks.APGD; n_iter=100, 1 restart by default. As in
+    AutoAttack, a point is only changed if the attack misclassifies it."""
+
+    loss = "ce"
+
+
+@register_attack("apgd_dlr")
+class APGDDLR(_APGDAttack):
+    """APGD with the (untargeted) DLR loss via torchattacks.APGD; needs ≥ 3 classes."""
+
+    loss = "dlr"
+
+
+@register_attack("autoattack")
+class AutoAttack(Attack):
+    """AutoAttack "standard" (Croce & Hein 2020; fra31/auto-attack `version='standard'`) from torchattacks components:
+    APGD-CE (n_iter, 1 restart) → APGD-T (DLR-targeted, 9 target classes × n_iter, 1 restart) → FAB-T (9 target
+    classes × n_iter, 1 restart, alpha_max 0.1, eta 1.05, beta 0.9) → Square (n_queries, p_init 0.8, 1 restart,
+    resc_schedule=False). Each stage runs only on the points still robust after the previous ones; a point's x_adv is
+    the first stage's adversarial that breaks it (worst case per example). The defaults n_iter=100, n_queries=5000 are
+    the standard ones; overriding them (for CPU-scale runs) is recorded: `settings["standard"]` is False then.
+
+    Result: `steps` = forward passes per example (all stages); `info` = {"settings", "broken_by" (stage index per
+    example, -1 = robust or not attacked, clean-misclassified points are -2), "stages", "grad_evals", "queries"}.
+    """
+
+    STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+    STANDARD = {"n_iter": 100, "n_queries": 5000, "n_target_classes": 9}
+
+    def __init__(self, model, eps, seed, n_iter: PositiveInt = 100, n_queries: PositiveInt = 5000):
+        super().__init__(model, eps, seed)
+        self.n_iter, self.n_queries = n_iter, n_queries
+        self.settings = self._settings(n_target_classes=self.STANDARD["n_target_classes"])
+
+    def _settings(self, n_target_classes: int) -> dict[str, Any]:
+        s = {
+            "version": "standard",
+            "norm": self.norm,
+            "eps": self.eps,
+            "seed": self.seed,
+            "stages": list(self.STAGES),
+            "apgd_ce": {"n_iter": self.n_iter, "n_restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
+            "apgd_t": {"n_iter": self.n_iter, "n_restarts": 1, "n_target_classes": n_target_classes,
+                       "loss": "dlr-targeted", "rho": 0.75, "eot_iter": 1},
+            "fab_t": {"n_iter": self.n_iter, "n_restarts": 1, "n_target_classes": n_target_classes,
+                      "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
+            "square": {"n_queries": self.n_queries, "n_restarts": 1, "p_init": 0.8, "loss": "margin",
+                       "resc_schedule": False},
+            "implementation": f"torchattacks {torchattacks.__version__} components",
+        }
+        s["standard"] = (self.n_iter == self.STANDARD["n_iter"] and self.n_queries == self.STANDARD["n_queries"]
+                         and n_target_classes == self.STANDARD["n_target_classes"])
+        return s
+
+    def run(self, x, y):
+        n = len(x)
+        if self.eps == 0:
+            res = unchanged(x)
+            res.info = {"settings": self.settings}
+            return res
+        ta_norm = _TA_NORM[self.norm]
+        n_classes = _num_classes(self.model, x)
+        n_targets = min(self.STANDARD["n_target_classes"], n_classes - 1)
+        self.settings = self._settings(n_targets)
+        log = GradLog(n)
+        x_adv = x.clone()
+        with torch.no_grad():
+            robust = self.model(x).argmax(1) == y
+        log.query(None)
+        broken_by = torch.full((n,), -1, dtype=torch.int64)
+        broken_by[~robust.cpu()] = -2
+        for stage, name in enumerate(self.STAGES):
+            idx = robust.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            xs, ys = x[idx].clone(), y[idx].clone()
+            if name == "apgd-ce":
+                atk = _APGD(self.model, norm=ta_norm, eps=self.eps, steps=self.n_iter, n_restarts=1, seed=self.seed,
+                            loss="ce", eot_iter=1, rho=0.75)
+            elif name == "apgd-t":
+                atk = _APGDT(self.model, norm=ta_norm, eps=self.eps, steps=self.n_iter, n_restarts=1, seed=self.seed,
+                             eot_iter=1, rho=0.75, n_classes=n_targets + 1)
+            elif name == "fab-t":
+                atk = _FAB(self.model, norm=ta_norm, eps=self.eps, steps=self.n_iter, n_restarts=1, alpha_max=0.1,
+                           eta=1.05, beta=0.9, seed=self.seed, multi_targeted=True, n_classes=n_targets + 1)
+            else:
+                atk = _Square(self.model, norm=ta_norm, eps=self.eps, n_queries=self.n_queries, n_restarts=1,
+                              p_init=0.8, loss="margin", resc_schedule=False, seed=self.seed)
+            if name == "square":
+                _, adv, q = atk.perturb_counted(xs, ys)
+                log.queries[idx.cpu()] += q
+            else:
+                atk._log = log
+                _, adv = atk.perturb_tracked(xs, ys, idx)
+            with torch.no_grad():
+                fooled = self.model(adv).argmax(1) != ys
+            log.query(idx)
+            hit = idx[fooled]
+            x_adv[hit] = adv[fooled]
+            robust[hit] = False
+            broken_by[hit.cpu()] = stage
+        info = {"settings": self.settings, "broken_by": broken_by, "stages": list(self.STAGES),
+                "grad_evals": log.steps(), "queries": log.queries.to(torch.int32)}
+        return AttackResult(x_adv=x_adv, steps=log.queries.to(torch.int32), grad_norm=log.mean(), info=info)
+
+
+@register_attack("autoattack_l2")
+class AutoAttackL2(AutoAttack):
+    """AutoAttack standard for the ℓ2 threat model (same stages and settings)."""
+
+    norm = "l2"
+
+
+@register_attack("square")
+class Square(Attack):
+    """Square attack (Andriushchenko et al. 2020), score-based, via torchattacks.Square with the reference
+    AutoAttack settings (p_init 0.8, margin loss, resc_schedule=False). `steps` = queries per example."""
+
+    uses_gradients = False
+
+    def __init__(self, model, eps, seed, n_queries: PositiveInt = 5000,
+                 p_init: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8, restarts: PositiveInt = 1,
+                 loss: Literal["margin", "ce"] = "margin", resc_schedule: bool = False):
+        super().__init__(model, eps, seed)
+        self.n_queries, self.p_init, self.restarts, self.loss, self.resc_schedule = (
+            n_queries, p_init, restarts, loss, resc_schedule)
+
+    def run(self, x, y):
+        if self.eps == 0:
+            return unchanged(x, gradients=False)
+        atk = _Square(self.model, norm=_TA_NORM[self.norm], eps=self.eps, n_queries=self.n_queries,
+                      n_restarts=self.restarts, p_init=self.p_init, loss=self.loss,
+                      resc_schedule=self.resc_schedule, seed=self.seed)
+        _, adv, queries = atk.perturb_counted(x.clone(), y.clone())
+        return AttackResult(x_adv=adv, steps=queries.to(torch.int32))
+
+
+@register_attack("square_l2")
+class SquareL2(Square):
+    """Square attack, ℓ2 threat model."""
+
+    norm = "l2"
+
+
+@register_attack("fab")
+class FAB(Attack):
+    """FAB minimum-norm attack (Croce & Hein 2019) via torchattacks.FAB's single run (eps is ignored).
+
+    `p` is the norm FAB minimises; untargeted by default, or the minimum over the `n_target_classes` most likely wrong
+    classes (FAB-T). Returns, per example, the smallest adversarial found (x where none; x for points already
+    misclassified, distance 0) and its `distance` in norm p. Not done: FAB's random restarts (they need a radius)."""
+
+    norm = "none"
+
+    def __init__(self, model, eps, seed, steps: PositiveInt = 100, p: Literal["l2", "linf"] = "l2",
+                 n_target_classes: NonNegativeInt = 0):
+        super().__init__(model, eps, seed)
+        self.steps, self.p, self.n_target_classes = steps, p, n_target_classes
+
+    def run(self, x, y):
+        n = len(x)
+        log = GradLog(n)
+        n_classes = _num_classes(self.model, x)
+        targets = min(self.n_target_classes, n_classes - 1)
+        best = x.clone()
+        best_d = torch.full((n,), float("inf"), device=x.device)
+        wrong = predict(self.model, x) != y
+        best_d[wrong] = 0.0
+        idx = (~wrong).nonzero().flatten()  # FAB attacks only correctly classified points
+        if idx.numel() > 0:
+            atk = _FAB(self.model, norm=_TA_NORM[self.p], eps=None, steps=self.steps, n_restarts=1, seed=self.seed,
+                       multi_targeted=targets > 0, n_classes=max(targets, 1) + 1)
+            atk._log = log
+            xs, ys = x[idx].clone(), y[idx].clone()
+            for target_class in (range(2, targets + 2) if targets > 0 else [None]):
+                atk.target_class = target_class
+                atk._idx = idx
+                if target_class is None:
+                    adv = atk.attack_single_run(xs, ys, use_rand_start=False)
+                else:
+                    adv = atk.attack_single_run_targeted(xs, ys, use_rand_start=False)
+                atk._idx = None
+                fooled = predict(self.model, adv) != ys
+                d = lp(adv - xs, self.p)
+                better = fooled & (d < best_d[idx])
+                best[idx[better]] = adv[better]
+                best_d[idx[better]] = d[better]
+        return AttackResult(x_adv=best, steps=log.steps(), grad_norm=log.mean(), distance=best_d.cpu())

@@ -43,3 +43,31 @@ class ResBlock(nn.Module):
         out = self.conv1(torch.relu(self.norm1(x)))
         out = self.conv2(torch.relu(self.norm2(out)))
         return x + out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# First-layer discovery (used by YOPO-style recipes). Every model of the zoo exposes `model.first_layer`; models that
+# do not (e.g. the plain `resnet`/`odenet` nn.Sequential) are handled by `find_first_layer`.
+
+
+def find_first_layer(model: nn.Module) -> nn.Module:
+    """The module that first acts on the input: `model.first_layer` if the model defines it, else the first
+    nn.Conv2d / nn.Linear in registration order (which is application order for nn.Sequential models)."""
+    layer = getattr(model, "first_layer", None)
+    if isinstance(layer, nn.Module):
+        return layer
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return m
+    raise ValueError(f"{type(model).__name__} has no nn.Conv2d / nn.Linear layer")
+
+
+class FirstLayerSequential(nn.Sequential):
+    """nn.Sequential (same state-dict keys) with a `first_layer` property: the first Conv2d/Linear it applies."""
+
+    @property
+    def first_layer(self) -> nn.Module:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                return m
+        raise ValueError("no nn.Conv2d / nn.Linear layer")

@@ -1,0 +1,1 @@
+"""Analysis over a sweep's Parquet tables only: trade-off frontiers and plots."""

@@ -1,0 +1,82 @@
+"""Natural-vs-robust accuracy trade-off frontiers per attack × ε, from the Parquet tables of a sweep directory.
+
+Only trials that completed their full budget enter a frontier: early-stopped (ASHA) or failed trials would otherwise
+appear with truncated, flattering or meaningless numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from advsweep.registry import SpecError
+from advsweep.storage import schema as S
+from advsweep.storage.parquet import read_robustness, read_trials, write_atomic
+
+FRONT_COLUMNS = ["attack", "eps", "trial_id", "model_name", "natural_acc", "natural_ci_low", "natural_ci_high",
+                 "robust_acc", "ci_low", "ci_high", "on_front", "hypervolume"]
+
+
+def pareto_mask(natural: np.ndarray, robust: np.ndarray) -> np.ndarray:
+    """True where no other point is ≥ in both objectives and > in one (both maximised)."""
+    pts = np.stack([natural, robust], axis=1)
+    ge = (pts[None, :, :] >= pts[:, None, :]).all(-1)
+    gt = (pts[None, :, :] > pts[:, None, :]).any(-1)
+    return ~(ge & gt).any(axis=1)
+
+
+def hypervolume(natural: np.ndarray, robust: np.ndarray) -> float:
+    """Area dominated by the points above the reference (0, 0)."""
+    order = np.argsort(-natural)
+    area, best_r = 0.0, 0.0
+    for i in order:
+        if robust[i] > best_r:
+            area += natural[i] * (robust[i] - best_r)
+            best_r = robust[i]
+    return float(area)
+
+
+def load_points(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per completed trial × attack × ε (ε > 0) with both accuracies and their intervals."""
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "trials").exists():
+        raise SpecError(str(sweep_dir), "not a sweep directory (no trials/ table); run `advsweep run` first")
+    trials = read_trials(sweep_dir).to_pandas()
+    rob = read_robustness(sweep_dir).to_pandas()
+    done = trials[trials["status"] == "completed"][
+        ["trial_id", "model_name", "natural_acc", "natural_ci_low", "natural_ci_high"]]
+    pts = rob[rob["eps"] > 0].merge(done, on="trial_id", how="inner")
+    return pts[["attack", "eps", "trial_id", "model_name", "natural_acc", "natural_ci_low", "natural_ci_high",
+                "robust_acc", "ci_low", "ci_high"]]
+
+
+def compute_fronts(points: pd.DataFrame) -> pd.DataFrame:
+    parts = []
+    for (_, _), g in points.groupby(["attack", "eps"], sort=True):
+        g = g.copy()
+        g["on_front"] = pareto_mask(g["natural_acc"].to_numpy(), g["robust_acc"].to_numpy())
+        g["hypervolume"] = hypervolume(g["natural_acc"].to_numpy(), g["robust_acc"].to_numpy())
+        parts.append(g)
+    if not parts:
+        return pd.DataFrame(columns=FRONT_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[FRONT_COLUMNS]
+
+
+def write_frontiers(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write frontier/<attack>_eps<ε>.png per attack × ε, plus frontier/front.csv and front.parquet (all points,
+    `on_front` marking the Pareto set). Returns the written files."""
+    from advsweep.analysis.plots import plot_front
+
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir else sweep_dir / "frontier"
+    table = compute_fronts(load_points(sweep_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (attack, eps), g in table.groupby(["attack", "eps"], sort=True):
+        written.append(plot_front(g, attack, eps, out / f"{attack}_eps{eps:g}.png"))
+    sweep_id = read_trials(sweep_dir).column("sweep_id")[0].as_py() if table.size else ""
+    write_atomic(pa.Table.from_pandas(table, preserve_index=False), out / "front.parquet", sweep_id)
+    table.to_csv(out / "front.csv", index=False)
+    return [*written, out / "front.parquet", out / "front.csv"]

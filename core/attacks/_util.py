@@ -1,0 +1,154 @@
+"""Shared pieces of the attack implementations: per-example norms, losses, projections, bookkeeping, option types."""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import AfterValidator, Field
+
+from advsweep.attacks import AttackResult
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NAN = math.nan
+
+
+def l1(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).abs().sum(1)
+
+
+def l2(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+def linf(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).abs().amax(1)
+
+
+def lp(t: torch.Tensor, p: str) -> torch.Tensor:
+    return {"l1": l1, "l2": l2, "linf": linf}[p](t)
+
+
+def bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example vector reshaped to broadcast against a batch shaped like `like`."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{j≠y} z_j − z_y per example (> 0 ⇔ misclassified). Masks with −inf, so it is right for negative logits too
+    (torchattacks' CW masks by multiplying with the one-hot vector, which is wrong there: its issue #184)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return others.amax(1) - z_y
+
+
+def loss_per_example(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """The loss an untargeted attack ascends: cross-entropy or the CW margin (unclamped)."""
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if kind == "cw":
+        return margin(logits, y)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    delta = torch.clamp(x_adv - x, min=-eps, max=eps)
+    return torch.clamp(x + delta, min=0, max=1)
+
+
+def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    # The same operations as torchattacks PGDL2, so that the iterates agree bit for bit.
+    delta = x_adv - x
+    norms = l2(delta)
+    factor = torch.min(eps / norms, torch.ones_like(norms))
+    return torch.clamp(x + delta * bview(factor, delta), min=0, max=1)
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1)
+
+
+def unchanged(x: torch.Tensor, gradients: bool = True, distance: bool = False) -> AttackResult:
+    """The result of an ε-bounded attack at eps=0 (or on an empty batch): x itself, no work done."""
+    n = len(x)
+    return AttackResult(
+        x_adv=x.clone(),
+        steps=torch.zeros(n, dtype=torch.int32),
+        grad_norm=torch.full((n,), NAN) if gradients else None,
+        distance=torch.full((n,), NAN) if distance else None,
+    )
+
+
+class GradLog:
+    """Per-example sums of input-gradient ℓ1 norms and counts of gradient evaluations (and forward queries)."""
+
+    def __init__(self, n: int):
+        self.grad_sum = torch.zeros(n, dtype=torch.float64)
+        self.grad_count = torch.zeros(n, dtype=torch.int64)
+        self.queries = torch.zeros(n, dtype=torch.int64)
+
+    def add(self, idx: torch.Tensor | None, grad: torch.Tensor) -> None:
+        norms = l1(grad.detach()).double().cpu()
+        if idx is None:
+            self.grad_sum += norms
+            self.grad_count += 1
+        else:
+            idx = idx.cpu()
+            self.grad_sum[idx] += norms
+            self.grad_count[idx] += 1
+
+    def query(self, idx: torch.Tensor | None, k: int = 1) -> None:
+        if idx is None:
+            self.queries += k
+        else:
+            self.queries[idx.cpu()] += k
+
+    def mean(self) -> torch.Tensor:
+        out = torch.full(self.grad_sum.shape, NAN, dtype=torch.float64)
+        seen = self.grad_count > 0
+        out[seen] = self.grad_sum[seen] / self.grad_count[seen]
+        return out.float()
+
+    def steps(self) -> torch.Tensor:
+        return self.grad_count.to(torch.int32)
+
+
+def _not_one(v: float) -> float:
+    if v == 1.0:
+        raise ValueError("resize_rate 1.0 makes the input-diversity transform the identity; use mifgsm/pgd instead")
+    return v
+
+
+ResizeRate = Annotated[float, Field(gt=0.0), AfterValidator(_not_one)]
+
+
+def base_attack_validator(norm: str):
+    """Validator for a `base` option naming an ε-bounded attack of threat model `norm` (transfer, surrogate)."""
+
+    def check(name: str) -> str:
+        from advsweep.attacks import ATTACKS
+
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS.names())}")
+        cls = ATTACKS.get(name)
+        if getattr(cls, "wrapper", False):
+            raise ValueError(f"{name!r} is itself a wrapper attack and cannot be a base")
+        if cls.norm != norm:
+            raise ValueError(f"base attack {name!r} has threat model {cls.norm!r}; this wrapper needs {norm!r}")
+        return name
+
+    return AfterValidator(check)
+
+
+def _check_base_options(options: dict[str, Any], info) -> dict[str, Any]:
+    from advsweep.attacks import ATTACKS
+
+    base = (info.data or {}).get("base")
+    if base is None:  # `base` itself failed validation; that error is reported
+        return options
+    return ATTACKS.validate(base, dict(options), field="base_options")
+
+
+BaseOptions = Annotated[dict[str, Any], AfterValidator(_check_base_options)]

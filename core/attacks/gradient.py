@@ -1,0 +1,311 @@
+"""White-box gradient attacks written here (not torchattacks) so that restarts, the CW-margin loss, best-iterate
+tracking and per-step gradient-norm logging are exact: FGSM, PGD-ℓ∞, PGD-ℓ2, MI-FGSM, DI²-FGSM and CW-ℓ2.
+
+Compatibility: `pgd`/`pgd_l2` with restarts=1, loss="ce", random_start=True and keep_best=False perform exactly the
+operations of torchattacks.PGD / PGDL2 (same random draws in the same order), so under the same seed they return the
+same iterate (bit for bit when the batch size is a power of two, because torchattacks takes the gradient of the
+batch-mean loss and we of the per-example sum). `difgsm` draws its input-diversity transform like
+torchattacks.DIFGSM, and `mifgsm`/`difgsm` differ from torchattacks only where its gradient normalisation divides
+by zero (torchattacks then returns NaN images; we leave such an example where it is).
+
+Step sizes: `alpha` defaults to 2.5·eps/steps for every iterative attack (Madry's heuristic; it equals the
+torchattacks defaults 2/255 at eps=8/255 and 10 steps).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+
+from advsweep.attacks import Attack, AttackResult, register_attack
+from advsweep.attacks._util import (
+    GradLog,
+    Probability,
+    ResizeRate,
+    bview,
+    l1,
+    l2,
+    loss_per_example,
+    margin,
+    predict,
+    project_l2,
+    project_linf,
+    unchanged,
+)
+
+Loss = Literal["ce", "cw"]
+
+
+def _grad(model, x_adv: torch.Tensor, y: torch.Tensor, loss: str, transform=None):
+    """Per-example loss and its input gradient (the per-example losses are summed, so each row is exact)."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(transform(x_adv) if transform is not None else x_adv)
+        losses = loss_per_example(logits, y, loss)
+        (g,) = torch.autograd.grad(losses.sum(), x_adv)
+    return logits.detach(), losses.detach(), g.detach()
+
+
+@register_attack("fgsm")
+class FGSM(Attack):
+    """FGSM (Goodfellow et al.): one signed-gradient step of size eps."""
+
+    def __init__(self, model, eps, seed, loss: Loss = "ce"):
+        super().__init__(model, eps, seed)
+        self.loss = loss
+
+    def run(self, x, y):
+        if self.eps == 0:
+            return unchanged(x)
+        _, _, g = _grad(self.model, x, y, self.loss)
+        x_adv = torch.clamp(x + self.eps * g.sign(), min=0, max=1)
+        return AttackResult(x_adv=x_adv, steps=torch.ones(len(x), dtype=torch.int32), grad_norm=l1(g).float().cpu())
+
+
+@register_attack("pgd")
+class PGD(Attack):
+    """PGD-ℓ∞ (Madry et al.) with restarts.
+
+    Each restart runs `steps` steps from a uniform random point in the ε-ball (or from x when random_start=False).
+    keep_best=True returns, per example, the last iterate if it is misclassified, else the first misclassified
+    iterate seen (torchattacks returns only the last iterate, which can step back out of the adversarial region);
+    keep_best=False returns the last iterate, as torchattacks does. Restart r > 1 runs only on examples that no
+    earlier restart broke; among unbroken restarts the one with the highest final loss is kept.
+    """
+
+    def __init__(self, model, eps, seed, steps: PositiveInt = 20, alpha: PositiveFloat | None = None,
+                 restarts: PositiveInt = 1, random_start: bool = True, loss: Loss = "ce", keep_best: bool = True):
+        super().__init__(model, eps, seed)
+        self.steps, self.restarts, self.random_start, self.loss, self.keep_best = (
+            steps, restarts, random_start, loss, keep_best)
+        self.alpha = alpha if alpha is not None else 2.5 * self.eps / steps
+
+    def _start(self, x):
+        return torch.clamp(x + torch.empty_like(x).uniform_(-self.eps, self.eps), min=0, max=1)
+
+    def _step(self, x_adv, x, g):
+        return project_linf(x_adv + self.alpha * g.sign(), x, self.eps)
+
+    def _single_run(self, x, y, log: GradLog, idx: torch.Tensor):
+        x_adv = self._start(x) if self.random_start else x.clone()
+        best = x_adv.clone()
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.steps):
+            logits, _, g = _grad(self.model, x_adv, y, self.loss)
+            log.add(idx, g)
+            if self.keep_best:
+                succ = logits.argmax(1) != y
+                new = succ & ~found
+                best[new] = x_adv[new]
+                found |= succ
+            x_adv = self._step(x_adv, x, g).detach()
+        with torch.no_grad():
+            logits = self.model(x_adv)
+        succ = logits.argmax(1) != y
+        final_loss = loss_per_example(logits, y, self.loss)
+        if self.keep_best:
+            x_adv = torch.where(bview(succ | ~found, x_adv), x_adv, best)
+            succ = succ | found
+        return x_adv, succ, final_loss
+
+    def run(self, x, y):
+        if self.eps == 0:
+            return unchanged(x)
+        n = len(x)
+        log = GradLog(n)
+        x_adv = x.clone()
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        best_loss = torch.full((n,), float("-inf"), device=x.device)
+        for _ in range(self.restarts):
+            idx = (~fooled).nonzero().flatten()
+            if len(idx) == 0:
+                break
+            xa, succ, loss = self._single_run(x[idx], y[idx], log, idx)
+            take = succ | (loss > best_loss[idx])
+            x_adv[idx[take]] = xa[take]
+            best_loss[idx[take]] = loss[take]
+            fooled[idx[succ]] = True
+        return AttackResult(x_adv=x_adv, steps=log.steps(), grad_norm=log.mean())
+
+
+@register_attack("pgd_l2")
+class PGDL2(PGD):
+    """PGD-ℓ2: normalised-gradient steps, projection on the ℓ2 ball; random start as torchattacks.PGDL2 (a uniform
+    radius in a Gaussian direction). Same options and restart/keep_best semantics as `pgd`."""
+
+    norm = "l2"
+
+    def _start(self, x):
+        delta = torch.empty_like(x).normal_()
+        n = l2(delta)
+        r = torch.zeros_like(n).uniform_(0, 1)
+        delta *= bview(r / n * self.eps, delta)
+        return torch.clamp(x + delta, min=0, max=1)
+
+    def _step(self, x_adv, x, g):
+        g = g / bview(l2(g) + 1e-10, g)
+        return project_l2(x_adv + self.alpha * g, x, self.eps)
+
+
+class _MomentumFGSM(Attack):
+    """Shared loop of MI-FGSM and DI²-FGSM: g ← ∇/mean|∇| + decay·g, sign step, ℓ∞ projection."""
+
+    def __init__(self, model, eps, seed, steps, alpha, decay, loss):
+        super().__init__(model, eps, seed)
+        self.steps, self.decay, self.loss = steps, decay, loss
+        self.alpha = alpha if alpha is not None else 2.5 * self.eps / steps
+
+    def _transform(self, x):
+        """The input transform the gradient is taken through (None: the identity)."""
+        return None
+
+    def _start(self, x):
+        return x.clone()
+
+    def run(self, x, y):
+        if self.eps == 0:
+            return unchanged(x)
+        log = GradLog(len(x))
+        x_adv = self._start(x)
+        momentum = torch.zeros_like(x)
+        transform = self._transform(x)
+        for _ in range(self.steps):
+            _, _, g = _grad(self.model, x_adv, y, self.loss, transform)
+            log.add(None, g)
+            scale = bview(g.abs().flatten(1).mean(1), g)
+            g = torch.where(scale > 0, g / scale.clamp_min(1e-30), torch.zeros_like(g))  # torchattacks: NaN here
+            g = g + momentum * self.decay
+            momentum = g
+            x_adv = project_linf(x_adv + self.alpha * g.sign(), x, self.eps).detach()
+        return AttackResult(x_adv=x_adv, steps=log.steps(), grad_norm=log.mean())
+
+
+@register_attack("mifgsm")
+class MIFGSM(_MomentumFGSM):
+    """MI-FGSM (Dong et al. 2018), decay 1.0 by default."""
+
+    def __init__(self, model, eps, seed, steps: PositiveInt = 10, alpha: PositiveFloat | None = None,
+                 decay: NonNegativeFloat = 1.0, loss: Loss = "ce"):
+        super().__init__(model, eps, seed, steps, alpha, decay, loss)
+
+
+@register_attack("difgsm")
+class DIFGSM(_MomentumFGSM):
+    """DI²-FGSM (Xie et al. 2019): each step's gradient is taken through a random resize-and-pad of the input,
+    applied with probability `diversity_prob` per batch (as torchattacks 3.5.1). resize_rate < 1 shrinks to a random
+    side in [rate·H, H) and zero-pads back to H; > 1 resizes into [H, rate·H) and pads to rate·H. Defaults pinned to
+    diversity_prob 0.5 and resize_rate 0.9 (torchattacks 3.5.1; its first release used 0.7 and 1.1). decay=1 gives
+    M-DI²-FGSM."""
+
+    def __init__(self, model, eps, seed, steps: PositiveInt = 10, alpha: PositiveFloat | None = None,
+                 decay: NonNegativeFloat = 0.0, resize_rate: ResizeRate = 0.9, diversity_prob: Probability = 0.5,
+                 random_start: bool = False, loss: Loss = "ce"):
+        super().__init__(model, eps, seed, steps, alpha, decay, loss)
+        self.resize_rate, self.diversity_prob, self.random_start = resize_rate, diversity_prob, random_start
+
+    def _start(self, x):
+        if not self.random_start:
+            return x.clone()
+        return torch.clamp(x + torch.empty_like(x).uniform_(-self.eps, self.eps), min=0, max=1)
+
+    def _transform(self, x):
+        lo, hi = x.shape[-1], int(x.shape[-1] * self.resize_rate)
+        if self.resize_rate < 1:
+            lo, hi = hi, lo
+        if hi <= lo:  # the image is too small for this rate to change its size: nothing to diversify
+            return None
+
+        def diversify(t):
+            rnd = torch.randint(low=lo, high=hi, size=(1,), dtype=torch.int32)
+            rescaled = F.interpolate(t, size=[int(rnd), int(rnd)], mode="bilinear", align_corners=False)
+            rem = hi - int(rnd)
+            pad_top = int(torch.randint(low=0, high=rem, size=(1,), dtype=torch.int32))
+            pad_left = int(torch.randint(low=0, high=rem, size=(1,), dtype=torch.int32))
+            padded = F.pad(rescaled, [pad_left, rem - pad_left, pad_top, rem - pad_top], value=0)
+            return padded if torch.rand(1) < self.diversity_prob else t
+
+        return diversify
+
+
+@register_attack("cw_l2")
+class CWL2(Attack):
+    """Carlini-Wagner ℓ2 (own code, following the reference attack rather than torchattacks.CW, whose pitfalls —
+    margin wrong for negative logits, atanh(±1)=inf freezing saturated pixels, no search over c, early stopping on
+    the whole batch's cost — are avoided here).
+
+    Minimises ‖δ‖² + c·max(z_y − max_{j≠y} z_j, −κ) in tanh space with Adam (inputs scaled by 0.999999 before atanh),
+    `binary_search_steps` rounds of a per-example search over c (×10 until a round succeeds, then bisection), early
+    abort of a round once no example's objective improved by 0.01 % over a tenth of the steps. The smallest
+    adversarial found is then renormed onto the ε-ball (as the SONet evaluation does); `distance` records its ℓ2
+    norm before that (inf where none was found; x is returned for those)."""
+
+    norm = "l2"
+
+    def __init__(self, model, eps, seed, steps: PositiveInt = 100, lr: PositiveFloat = 0.01, c: PositiveFloat = 1.0,
+                 kappa: NonNegativeFloat = 0.0, binary_search_steps: PositiveInt = 5, abort_early: bool = True):
+        super().__init__(model, eps, seed)
+        self.steps, self.lr, self.c, self.kappa = steps, lr, c, kappa
+        self.binary_search_steps, self.abort_early = binary_search_steps, abort_early
+
+    def run(self, x, y):
+        if self.eps == 0:
+            return unchanged(x, distance=True)
+        n, dev = len(x), x.device
+        log = GradLog(n)  # ‖∇ₓ margin‖₁ at the steps where the model term is active
+        steps = torch.zeros(n, dtype=torch.int32)
+        w0 = torch.atanh((x * 2 - 1) * 0.999999)
+        c = torch.full((n,), self.c, device=dev)
+        lower = torch.zeros(n, device=dev)
+        upper = torch.full((n,), float("inf"), device=dev)
+        best_l2 = torch.full((n,), float("inf"), device=dev)
+        best_adv = x.clone()
+        check_every = max(self.steps // 10, 1)
+        for _ in range(self.binary_search_steps):
+            w = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=self.lr)
+            succeeded = torch.zeros(n, dtype=torch.bool, device=dev)
+            prev = torch.full((n,), float("inf"), device=dev)
+            for it in range(self.steps):
+                xa = ((torch.tanh(w) + 1) / 2).detach().requires_grad_(True)
+                with torch.enable_grad():
+                    logits = self.model(xa)
+                    m = margin(logits, y)  # > 0 ⇔ misclassified
+                    f = torch.clamp(-m, min=-self.kappa)
+                    dist = ((xa - x) ** 2).flatten(1).sum(1)
+                    cost = dist + c * f
+                    (g_x,) = torch.autograd.grad(cost.sum(), xa)
+                steps += 1
+                active = (f > -self.kappa).detach()  # where the model term still has a gradient
+                if active.any():
+                    g_model = (g_x - 2 * (xa - x)).detach() / bview(c, g_x)
+                    log.add(active.nonzero().flatten(), g_model[active])
+                with torch.no_grad():
+                    succ = (m > 0) & (m >= self.kappa)
+                    better = succ & (dist < best_l2)
+                    best_l2 = torch.where(better, dist, best_l2)
+                    best_adv[better] = xa[better]
+                    succeeded |= succ
+                opt.zero_grad()
+                w.grad = g_x * (1 - torch.tanh(w.detach()) ** 2) / 2
+                opt.step()
+                if self.abort_early and (it + 1) % check_every == 0:
+                    now = cost.detach()
+                    if bool((now > prev * 0.9999).all()):
+                        break
+                    prev = now
+            # per-example search over c (reference CW): bisect once a round succeeded, else ×10
+            upper = torch.where(succeeded, torch.min(upper, c), upper)
+            lower = torch.where(succeeded, lower, torch.max(lower, c))
+            c = torch.where(torch.isfinite(upper), (lower + upper) / 2, c * 10)
+        found = torch.isfinite(best_l2)
+        distance = best_l2.sqrt()
+        delta = best_adv - x
+        factor = torch.clamp(self.eps / distance.clamp_min(1e-12), max=1.0)
+        x_adv = torch.clamp(x + delta * bview(factor, delta), 0, 1)
+        x_adv = torch.where(bview(found, x), x_adv, x)
+        clean_wrong = predict(self.model, x) != y  # already adversarial: distance 0, x itself
+        distance = torch.where(clean_wrong, torch.zeros_like(distance), distance)
+        x_adv = torch.where(bview(clean_wrong, x), x, x_adv)
+        return AttackResult(x_adv=x_adv, steps=steps, grad_norm=log.mean(), distance=distance.cpu())

@@ -1,0 +1,1 @@
+"""Evaluation: attacks over example shards → per-example rows → per-(trial, attack, ε) aggregates with intervals."""

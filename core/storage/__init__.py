@@ -1,0 +1,1 @@
+"""Result storage: the Parquet schema (shared by writers and readers) and MLflow tracking."""

@@ -1,0 +1,161 @@
+"""The Tune function trainable: data → model → recipe → per-epoch report + checkpoint → final attack evaluation.
+
+Everything it needs arrives in `ctx` (plain dict) and `data` (numpy arrays through the object store). Inside Tune
+only `ray.tune.report/get_checkpoint/get_context` are used (the `ray.train` ones raise in Ray 2.60).
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as ds
+import torch
+from ray import tune
+
+from advsweep.attacks import build_attack
+from advsweep.evaluation.aggregate import robustness_table
+from advsweep.evaluation.local import evaluate_model
+from advsweep.evaluation.shard import predict
+from advsweep.evaluation.stats import wilson_interval
+from advsweep.evaluation.units import AttackConfig
+from advsweep.models import build_model, count_parameters, nfe, reset_nfe
+from advsweep.spec import TrialConfig
+from advsweep.storage.parquet import read_examples
+from advsweep.storage.tracking import TrialTracker
+from advsweep.training import build_penalty, build_recipe
+from advsweep.training.trainer import OptimConfig, Trainer, as_float_images
+
+STANDARD_STATS = ("loss", "train_acc", "lr", "epoch_time_s")
+EXTRA_PREFIX = "train/"
+CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_META = "meta.json"
+
+
+def build_trainer(cfg: TrialConfig, meta: dict[str, int], seed: int, device: torch.device) -> Trainer:
+    torch.manual_seed(seed)
+    model_opts = {k: v for k, v in cfg.model.items() if k != "name"}
+    model = build_model(cfg.model["name"], meta["channels"], meta["num_classes"], meta["image_size"], **model_opts)
+    model.to(device)
+    t = cfg.training
+    recipe = build_recipe(t.recipe["name"], **{k: v for k, v in t.recipe.items() if k != "name"})
+    penalties = [build_penalty(p["name"], **{k: v for k, v in p.items() if k != "name"}) for p in t.penalties]
+    optim = OptimConfig(optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                        weight_decay=t.weight_decay, schedule=t.schedule, milestones=list(t.milestones),
+                        gamma=t.gamma, warmup_epochs=t.warmup_epochs)
+    return Trainer(model, recipe, penalties, optim, t.epochs, t.batch_size, t.augment, seed, device)
+
+
+def trial_seed(base: int, index: int) -> int:
+    return base * 100_003 + index
+
+
+def _val_metrics(model, x_val, y_val, monitor, batch_size, device, seed) -> dict[str, float]:
+    model.eval()
+    reset_nfe(model)
+    pred = predict(model, x_val, batch_size, device)
+    batches = math.ceil(len(x_val) / batch_size)
+    out = {"val_acc": float((pred == y_val).float().mean()), "nfe_forward": nfe(model)["forward"] / batches}
+    if monitor:
+        n = min(monitor["n"], len(x_val))
+        atk = build_attack("pgd", model, monitor["eps"], seed, steps=monitor["steps"])
+        correct = 0
+        for i in range(0, n, batch_size):
+            xb, yb = x_val[i:min(i + batch_size, n)].to(device), y_val[i:min(i + batch_size, n)].to(device)
+            adv = atk(xb, yb).x_adv
+            with torch.no_grad():
+                correct += int((model(adv).argmax(1) == yb).sum())
+        out["val_robust_acc"] = correct / n
+    return out
+
+
+def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.ndarray]) -> None:
+    cfg = TrialConfig.model_validate(config["trial"])
+    tctx = tune.get_context()
+    trial_id, trial_name = tctx.get_trial_id(), tctx.get_trial_name()
+    torch.set_num_threads(max(1, int(ctx["cpu"])))
+    device = torch.device("cuda" if ctx["gpu"] > 0 and torch.cuda.is_available() else "cpu")
+    seed = trial_seed(ctx["seed"], cfg.index)
+    meta = {k: int(data[k]) for k in ("channels", "num_classes", "image_size")}
+    trainer = build_trainer(cfg, meta, seed, device)
+    model = trainer.model
+
+    ckpt = tune.get_checkpoint()
+    if ckpt:  # retry or restore: continue from the last reported epoch
+        with ckpt.as_directory() as d:
+            trainer.load_state_dict(torch.load(Path(d) / CHECKPOINT_STATE, map_location=device, weights_only=True))
+
+    n_params = count_parameters(model)
+    tracker = TrialTracker(ctx["mlflow_uri"], ctx["experiment_id"], ctx["parent_run_id"], ctx["sweep_id"], trial_id,
+                           trial_name, {**cfg.flat(), "seed": seed, "params": n_params})
+    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
+    x_val = as_float_images(torch.from_numpy(data["x_val"]))
+    y_val = torch.from_numpy(data["y_val"]).long()
+    eval_bs = ctx["eval"]["batch_size"]
+    epochs = cfg.training.epochs
+    train_time = 0.0
+    while trainer.epoch < epochs:
+        reset_nfe(model)
+        raw_stats = trainer.train_epoch(x_train, y_train)
+        stats = {(k if k in STANDARD_STATS else EXTRA_PREFIX + k): v for k, v in raw_stats.items()}
+        steps = math.ceil(len(x_train) / cfg.training.batch_size)
+        stats["nfe_backward"] = nfe(model)["backward"] / steps
+        train_time += stats["epoch_time_s"]
+        stats.update(_val_metrics(model, x_val, y_val, ctx["monitor"], eval_bs, device, seed))
+        epoch = trainer.epoch
+        tracker.log_metrics(stats, step=epoch)
+        metrics = {**stats, "epoch": epoch, "trial_id": trial_id, "mlflow_run_id": tracker.run_id or "",
+                   "params": n_params, "completed": False}
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(trainer.state_dict(), Path(d) / CHECKPOINT_STATE)
+            (Path(d) / CHECKPOINT_META).write_text(json.dumps({
+                "trial_id": trial_id, "mlflow_run_id": tracker.run_id, "epoch": epoch, "model": cfg.model,
+                "channels": meta["channels"], "num_classes": meta["num_classes"], "image_size": meta["image_size"],
+            }))
+            if epoch == epochs:  # the last epoch reports together with the final evaluation (ASHA stops at max_t)
+                metrics.update(_final_evaluation(model, cfg, ctx, data, trial_id, tracker, device, Path(d)))
+                metrics["train_time_s"] = train_time
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    tracker.end("FINISHED")
+
+
+def _final_evaluation(model, cfg, ctx, data, trial_id, tracker, device, ckpt_dir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    x_test = as_float_images(torch.from_numpy(data["x_test"]))
+    y_test = torch.from_numpy(data["y_test"]).long()
+    index = data["test_index"]
+    model.eval()
+    reset_nfe(model)
+    pred = predict(model, x_test, ctx["eval"]["batch_size"], device)
+    nfe_fwd = nfe(model)["forward"] / max(1, math.ceil(len(x_test) / ctx["eval"]["batch_size"]))
+    k = int((pred == y_test).sum())
+    lo, hi = wilson_interval(k, len(y_test))
+    attacks = [AttackConfig(a["label"], a["name"], tuple(a["eps"]), a["options"]) for a in ctx["attacks"]]
+
+    def progress(unit, table):
+        acc = sum(table.column("robust").to_pylist()) / max(1, table.num_rows)
+        print(f"[{trial_id}] {unit.attack.label} eps={unit.eps:g} shard={unit.shard}: robust acc {acc:.3f}")
+
+    files = evaluate_model(model, attacks, x_test, y_test, index, trial_id=trial_id, sweep_id=ctx["sweep_id"],
+                           out_dir=ctx["out_dir"], base_seed=ctx["eval"]["seed"], batch_size=ctx["eval"]["batch_size"],
+                           shard_size=ctx["eval"]["shard_size"], device=device, progress=progress)
+    final = {"natural_acc": k / len(y_test), "natural_ci_low": lo, "natural_ci_high": hi,
+             "test_nfe_forward": nfe_fwd, "n_test": len(y_test)}
+    if files:
+        examples = read_examples(ctx["out_dir"], filter=ds.field("trial_id") == trial_id)
+        for row in robustness_table(examples).to_pylist():
+            key = f"robust_acc/{row['attack']}/eps_{row['eps']:g}"
+            final[key] = row["robust_acc"]
+            final[key + "/ci_low"] = row["ci_low"]
+            final[key + "/ci_high"] = row["ci_high"]
+    final["eval_time_s"] = time.perf_counter() - start
+    final["completed"] = True
+    tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "completed"},
+                        step=cfg.training.epochs)
+    tracker.log_artifact(ckpt_dir / CHECKPOINT_STATE, "checkpoint")
+    tracker.log_artifact(ckpt_dir / CHECKPOINT_META, "checkpoint")
+    return final
