@@ -93,7 +93,7 @@ class SOFunc(nn.Module):
         dz = -self.conv_transpose(yh, tuple(z.shape[-2:]), self.bias_2)
         if self.gamma:
             dy = dy - self.gamma * yh
-            dz = dz + self.gamma * zh
+            dz = dz - self.gamma * zh
         return self.norm2_1(self.act(dy)), self.norm2_2(self.act(dz))
 
 
