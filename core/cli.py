@@ -90,6 +90,35 @@ def frontier(
         typer.echo(f"wrote {f}")
 
 
+@app.command("eval")
+def eval_(
+    sweep_dir: Path = typer.Argument(..., help="a finished sweep's output directory"),
+    suite: Path = typer.Option(..., "--suite", help="attack suite (YAML: attacks, eval, resources)"),
+    address: Optional[str] = typer.Option(None, "--address", help="existing Ray cluster (default: a local one)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="actors (default: one per worker slot)"),
+) -> None:
+    """Add attacks to an existing sweep's trials without retraining (finished units are skipped)."""
+    from advsweep.spec import load_suite
+    from advsweep.storage.tracking import CLIENT_ENV
+    from advsweep.sweep.driver import init_ray
+    from advsweep.sweep.evaluate import attack_configs, check_evaluation, load_sweep_data, run_evaluation_stage, trial_rows_from_table
+
+    try:
+        s = load_suite(suite)
+        sweep_dir = sweep_dir.resolve()
+        manifest, data = load_sweep_data(sweep_dir)
+        rows = trial_rows_from_table(sweep_dir)
+        check_evaluation(sweep_dir, rows, attack_configs(s.attacks))
+        init_ray(address, dict(CLIENT_ENV))
+        counts = run_evaluation_stage(sweep_dir, manifest["sweep_id"], rows, attack_configs(s.attacks), data,
+                                      s.eval.model_dump(), manifest.get("mlflow_uri"), s.resources.cpu,
+                                      s.resources.gpu, workers)
+    except SpecError as exc:
+        _fail(exc)
+    typer.echo(f"{counts['ran']} of {counts['units']} units run ({counts['resubmitted']} resubmitted); "
+               f"results in {sweep_dir / 'examples'} and {sweep_dir / 'robustness'}")
+
+
 def main() -> None:
     app()
 

@@ -55,7 +55,7 @@ class AttackSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str
-    label: str | None = None
+    label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     eps: list[Eps] = Field(default_factory=lambda: [0.0])
 
     @property
@@ -296,6 +296,37 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         raise SpecError("scheduler.metric", "val_robust_acc needs a `monitor` section")
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Spec(raw=raw, trials=trials, source=text, digest=digest)
+
+
+class SuiteSpec(_Strict):
+    """`advsweep eval DIR --suite SUITE.yaml`: attacks added to an existing sweep without retraining."""
+
+    attacks: list[AttackSpec] = Field(min_length=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(str(path), "file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SpecError(str(path), "expected a YAML mapping")
+    return data
+
+
+def load_suite(path: str | Path) -> SuiteSpec:
+    data = _read_yaml(path)
+    try:
+        suite = SuiteSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _pydantic_error(exc, "") from None
+    _validate_attacks(suite.attacks)
+    return suite
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -117,6 +117,15 @@ class Stacked(nn.Module):
         return self.classifier(self.frontend(x))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they oversubscribe badly."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ------------------------------------------------------------------------------------------------------------ data
 def load_fmnist(n=512):
     if not FMNIST.is_dir():
@@ -459,6 +468,8 @@ CASES = {
                                 [("contractive", {"lam": 0.01, "conv_estimator": "hutchinson", "samples": 1})]),
     "gaussian+contractive": (lambda: tiny_mlp(), "gaussian_noise", {"sigma": 0.2},
                              [("contractive", {"lams": [0.01, 0.1]})]),
+    "yopo+contractive": (lambda: tiny_mlp(), "yopo", {"K": 2, "inner": 2, "eps": 0.05, "step": 0.02},
+                         [("contractive", {"lam": 0.01, "output": "logits"})]),
     "dae": (lambda: Stacked(), "dae", {"sigma": 0.1}, []),
     "ae_adv": (lambda: Stacked(), "ae_adv", {"eps": 0.1, "step": 0.03, "steps": 3}, []),
 }
@@ -499,4 +510,35 @@ def test_recipe_trains_on_fashion_mnist(fmnist, case):
     assert np.isfinite(stats["loss"])
     if pen_specs:
         assert any(k.startswith("contractive") for k in stats)
+    print(f"{case}: loss {before:.4f} → {after:.4f}")
     assert after < 0.85 * before, f"{case}: loss {before:.4f} → {after:.4f}"
+
+
+# ----------------------------------------------------------------------------------- with the model zoo, if present
+def test_recipes_run_on_zoo_models():
+    """Contract check against advsweep.models (FeedForward stages, first_layer, stacked front-ends); skipped without."""
+    from advsweep.models import MODELS, build_model
+    if not all(n in MODELS for n in ("mlp", "smallcnn", "stacked", "dae")):
+        pytest.skip("model zoo not available")
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    mlp = build_model("mlp", 1, 10, 28, hidden=[16, 16])
+    assert build_penalty("contractive").layer_norms(mlp, x)[2] == ["closed_form", "closed_form", "exact"]
+    cnn = build_model("smallcnn", 1, 10, 28)
+    from advsweep.training.yopo import find_layer_one
+    assert find_layer_one(cnn) is cnn.hidden_layers()[0]
+    for model in (mlp, cnn):
+        for name, opts in [("pgd_at", {"steps": 1}), ("trades", {"steps": 1}), ("yopo", {"K": 1, "inner": 1}),
+                           ("gaussian_noise", {"variant": "L*"}), ("contractive", {})]:
+            model.train().zero_grad(set_to_none=True)
+            loss, _ = build_recipe(name, **opts).loss(model, x, y)
+            loss.backward()
+            assert torch.isfinite(loss) and any(p.grad is not None for p in model.parameters())
+    stacked = build_model("stacked", 1, 10, 28, frontend={"name": "dae", "hidden": [32]},
+                          classifier={"name": "mlp", "hidden": [16]})
+    for name in ("dae", "ae_adv"):
+        stacked.train().zero_grad(set_to_none=True)
+        recipe = build_recipe(name, steps=1) if name == "ae_adv" else build_recipe(name)
+        loss, _ = recipe.loss(stacked, x, y)
+        loss.backward()
+        assert all(p.grad is None for p in stacked.classifier.parameters())

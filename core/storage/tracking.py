@@ -127,3 +127,8 @@ class TrialTracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
             _safe("end run", lambda: self.client.set_terminated(self.run_id, status))
+
+
+def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Add metrics to an existing (possibly finished) run, e.g. attack results computed after training."""
+    _safe("metrics", lambda: _metrics_batch(_client(uri), run_id, metrics, step))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -11,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from advsweep.storage.schema import SCHEMA_VERSION
 from advsweep.data import load_dataset, stratified_subset
 from advsweep.registry import SpecError
 from advsweep.spec import Spec
 from advsweep.storage import schema as S
-from advsweep.storage.parquet import read_examples, trials_table, write_atomic
+from advsweep.storage.parquet import write_atomic
 from advsweep.storage.tracking import CLIENT_ENV, SweepTracker, resolve_tracking_uri
-from advsweep.evaluation.aggregate import robustness_table
+from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
 from advsweep.versions import package_versions
 from advsweep.sweep.trainable import EXTRA_PREFIX
 
@@ -156,17 +156,10 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     results = tuner.fit()
     trial_rows, epoch_rows = _collect(results, spec, sweep_id, time.time() - start)
 
-    examples = read_examples(out)
-    robustness = robustness_table(examples)
-    write_atomic(robustness, out / "robustness" / "part-0.parquet", sweep_id)
-    for row in trial_rows:
-        row["robust"] = [
-            {k: r[k] for k in ("attack", "eps", "robust_acc", "ci_low", "ci_high")}
-            for r in robustness.to_pylist() if r["trial_id"] == row["trial_id"]
-        ] if row["status"] == "completed" else []
-    write_atomic(trials_table(trial_rows), out / "trials" / "part-0.parquet", sweep_id)
-    import pyarrow as pa
-
+    print(f"training done in {time.time() - start:.0f}s; evaluating attacks on the engine", flush=True)
+    check_evaluation(out, trial_rows, attack_configs(raw.attacks))
+    run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
+                         cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu)
     write_atomic(pa.Table.from_pylist(epoch_rows, schema=S.EPOCHS), out / "epochs" / "part-0.parquet", sweep_id)
 
     n_completed = sum(r["status"] == "completed" for r in trial_rows)

@@ -13,27 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.dataset as ds
 import torch
 from ray import tune
 
 from advsweep.attacks import build_attack
-from advsweep.evaluation.aggregate import robustness_table
-from advsweep.evaluation.local import evaluate_model
+from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE
 from advsweep.evaluation.shard import predict
 from advsweep.evaluation.stats import wilson_interval
-from advsweep.evaluation.units import AttackConfig
 from advsweep.models import build_model, count_parameters, nfe, reset_nfe
 from advsweep.spec import TrialConfig
-from advsweep.storage.parquet import read_examples
 from advsweep.storage.tracking import TrialTracker
 from advsweep.training import build_penalty, build_recipe
 from advsweep.training.trainer import OptimConfig, Trainer, as_float_images
 
 STANDARD_STATS = ("loss", "train_acc", "lr", "epoch_time_s")
 EXTRA_PREFIX = "train/"
-CHECKPOINT_STATE = "state.pt"
-CHECKPOINT_META = "meta.json"
 
 
 def build_trainer(cfg: TrialConfig, meta: dict[str, int], seed: int, device: torch.device) -> Trainer:
@@ -92,9 +86,10 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
     n_params = count_parameters(model)
     tracker = TrialTracker(ctx["mlflow_uri"], ctx["experiment_id"], ctx["parent_run_id"], ctx["sweep_id"], trial_id,
                            trial_name, {**cfg.flat(), "seed": seed, "params": n_params})
-    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
-    x_val = as_float_images(torch.from_numpy(data["x_val"]))
-    y_val = torch.from_numpy(data["y_val"]).long()
+    # Object-store arrays are read-only: copy once into tensors this process owns.
+    x_train, y_train = torch.tensor(data["x_train"]), torch.tensor(data["y_train"]).long()
+    x_val = as_float_images(torch.tensor(data["x_val"]))
+    y_val = torch.tensor(data["y_val"]).long()
     eval_bs = ctx["eval"]["batch_size"]
     epochs = cfg.training.epochs
     train_time = 0.0
@@ -117,45 +112,28 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
                 "channels": meta["channels"], "num_classes": meta["num_classes"], "image_size": meta["image_size"],
             }))
             if epoch == epochs:  # the last epoch reports together with the final evaluation (ASHA stops at max_t)
-                metrics.update(_final_evaluation(model, cfg, ctx, data, trial_id, tracker, device, Path(d)))
+                metrics.update(_final_evaluation(model, cfg, ctx, data, tracker, device, Path(d)))
                 metrics["train_time_s"] = train_time
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-    tracker.end("FINISHED")
+    tracker.end("FINISHED")  # attack results are logged to this run by the evaluation stage
 
 
-def _final_evaluation(model, cfg, ctx, data, trial_id, tracker, device, ckpt_dir: Path) -> dict[str, Any]:
+def _final_evaluation(model, cfg, ctx, data, tracker, device, ckpt_dir: Path) -> dict[str, Any]:
+    """Natural test accuracy (with its interval) and test-time NFE; attacks run afterwards on the evaluation engine."""
     start = time.perf_counter()
-    x_test = as_float_images(torch.from_numpy(data["x_test"]))
-    y_test = torch.from_numpy(data["y_test"]).long()
-    index = data["test_index"]
+    x_test = as_float_images(torch.tensor(data["x_test"]))
+    y_test = torch.tensor(data["y_test"]).long()
+    bs = ctx["eval"]["batch_size"]
     model.eval()
     reset_nfe(model)
-    pred = predict(model, x_test, ctx["eval"]["batch_size"], device)
-    nfe_fwd = nfe(model)["forward"] / max(1, math.ceil(len(x_test) / ctx["eval"]["batch_size"]))
+    pred = predict(model, x_test, bs, device)
     k = int((pred == y_test).sum())
     lo, hi = wilson_interval(k, len(y_test))
-    attacks = [AttackConfig(a["label"], a["name"], tuple(a["eps"]), a["options"]) for a in ctx["attacks"]]
-
-    def progress(unit, table):
-        acc = sum(table.column("robust").to_pylist()) / max(1, table.num_rows)
-        print(f"[{trial_id}] {unit.attack.label} eps={unit.eps:g} shard={unit.shard}: robust acc {acc:.3f}")
-
-    files = evaluate_model(model, attacks, x_test, y_test, index, trial_id=trial_id, sweep_id=ctx["sweep_id"],
-                           out_dir=ctx["out_dir"], base_seed=ctx["eval"]["seed"], batch_size=ctx["eval"]["batch_size"],
-                           shard_size=ctx["eval"]["shard_size"], device=device, progress=progress)
-    final = {"natural_acc": k / len(y_test), "natural_ci_low": lo, "natural_ci_high": hi,
-             "test_nfe_forward": nfe_fwd, "n_test": len(y_test)}
-    if files:
-        examples = read_examples(ctx["out_dir"], filter=ds.field("trial_id") == trial_id)
-        for row in robustness_table(examples).to_pylist():
-            key = f"robust_acc/{row['attack']}/eps_{row['eps']:g}"
-            final[key] = row["robust_acc"]
-            final[key + "/ci_low"] = row["ci_low"]
-            final[key + "/ci_high"] = row["ci_high"]
-    final["eval_time_s"] = time.perf_counter() - start
-    final["completed"] = True
-    tracker.log_metrics({k: v for k, v in final.items() if isinstance(v, (int, float)) and k != "completed"},
-                        step=cfg.training.epochs)
+    final = {"natural_acc": k / len(y_test), "natural_ci_low": lo, "natural_ci_high": hi, "n_test": len(y_test),
+             "test_nfe_forward": nfe(model)["forward"] / max(1, math.ceil(len(x_test) / bs)),
+             "test_time_s": time.perf_counter() - start}
+    tracker.log_metrics(final, step=cfg.training.epochs)
     tracker.log_artifact(ckpt_dir / CHECKPOINT_STATE, "checkpoint")
     tracker.log_artifact(ckpt_dir / CHECKPOINT_META, "checkpoint")
+    final["completed"] = True
     return final

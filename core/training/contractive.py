@@ -23,8 +23,9 @@ How each layer's squared Frobenius norm is computed (per example, differentiable
   With `squared: false` the square root of the estimate is biased (Jensen); raise `samples` if that matters.
 Notes: the penalty runs its own forward in train mode (batch norm counts it; dropout draws fresh masks, which are part
 of the Jacobian). With batch norm in train mode the examples are coupled and the vjps differentiate the batch function.
-`lam` is the shared λ; `lams`, if given, lists one λ per pair (its length is checked against the model at the first
-call) and overrides `lam`.
+`lam` is the shared λ; `lams`, if given, lists one λ per pair (its length is checked against the model's pairs at
+every call; a mismatch raises naming the model) and overrides `lam`. Stats: `contractive` (the weighted total) and
+`contractive_l{j}` (mean ‖J_j‖², unweighted).
 """
 from __future__ import annotations
 
@@ -125,8 +126,8 @@ class Contractive:
         name = _model_name(model)
         fwh = getattr(model, "forward_with_hiddens", None)
         if not callable(fwh):
-            raise ValueError(f"contractive: model {name!r} has no forward_with_hiddens(x) -> (logits, [x, h1, ..., hL]);"
-                             " the layer-wise Jacobian penalty needs its hidden layers")
+            raise ValueError(f"contractive: model {name!r} has no forward_with_hiddens(x) -> "
+                             "(logits, [x, h1, ..., hL]); the layer-wise Jacobian penalty needs its hidden layers")
         x = x.detach().requires_grad_(True)
         logits, hs = fwh(x)
         hs = list(hs)

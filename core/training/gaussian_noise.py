@@ -56,7 +56,7 @@ class GaussianNoise(Recipe):
                     return output + sigma_h * torch.randn_like(output)
                 return None
 
-            # A module applied several times (a shared nn.ReLU) gets fresh noise at each call; hooking it once is enough.
+            # A module applied several times (a shared nn.ReLU) gets fresh noise at each call: hook it once.
             unique = list({id(m): m for m in hidden_modules(model)}.values())
             handles = [m.register_forward_hook(add_noise) for m in unique]
         try:

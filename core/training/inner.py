@@ -29,7 +29,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Nearest point of {‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]^d (the box intersection is coordinate-wise, so clamping twice is exact)."""
+    """Nearest point of {‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]^d (both are boxes, so clamping twice is exact)."""
     return torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
 
 

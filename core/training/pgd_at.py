@@ -2,7 +2,8 @@
 
 Defaults are the CIFAR-10 settings of the SONet/TRADES repos (ε 0.031, step 0.007, 10 steps); Madry and YOPO start
 from a uniform point in the ε ball (`random_start: true`), SONet's `madry_loss` from the clean input (`false`).
-MNIST (YOPO pgd40): eps 0.3, step 0.01, steps 40. The attack runs in eval mode (training.inner); the update in train mode.
+MNIST (YOPO pgd40): eps 0.3, step 0.01, steps 40. The attack runs in eval mode (training.inner), the update in
+train mode.
 """
 from __future__ import annotations
 

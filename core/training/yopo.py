@@ -31,6 +31,8 @@ Simplifications, deliberate and recorded here:
   direction). Without `hidden_layers()` both use `model.first_layer`, else the first nn.Conv2d/nn.Linear found in
   `model.modules()`. The chosen module must be applied (once) directly to the model input (a contiguous reshape of it
   is allowed, e.g. a flatten before the first Linear); otherwise the recipe raises.
+Stats: `train_acc` at the first pass (x + η⁰, upstream's "clean" accuracy), `train_adv_acc` at the final x + η
+(eval mode).
 Defaults: CIFAR YOPO-5-3 (K 5, inner 3, σ 2/255, ε 8/255). MNIST YOPO-5-10: K 5, inner 10, step 0.01, eps 0.3.
 """
 from __future__ import annotations

@@ -1,0 +1,147 @@
+"""The sharded evaluation engine: (checkpoints × attacks × ε) over test-example shards on a pool of Ray actors.
+
+The only module that knows Ray core. Each unit (trial, attack, ε, shard) writes one deterministic Parquet file via a
+hidden temp name + rename, so a unit that runs twice (an actor died after writing, a retry) rewrites the same file and
+a rerun skips finished units. Actors load each checkpoint once and keep it; the driver only tracks which units are done
+and resubmits the ones whose actor died.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from advsweep.evaluation.units import AttackConfig, Unit, make_units, shard_bounds
+from advsweep.storage.parquet import example_file
+
+MAX_ATTEMPTS = 3  # per unit, for failures of the actor process (not for bugs: those raise at once)
+
+
+@dataclass(frozen=True)
+class TrialRef:
+    trial_id: str
+    checkpoint: str
+
+
+class EvalWorker:
+    """Ray actor body: keeps loaded models, runs units, writes their files. Plain class so it can run in-process."""
+
+    def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, cache_models: int = 4,
+                 crash_marker: str | None = None):
+        torch.set_num_threads(max(1, threads))
+        self.out_dir, self.sweep_id = out_dir, sweep_id
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.models: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        self.cache_models = cache_models
+        self.clean: dict[tuple[str, int], torch.Tensor] = {}
+        self.crash_marker = crash_marker  # tests: die once, mid-unit, after the attack and before the rename
+
+    def _model(self, checkpoint: str) -> torch.nn.Module:
+        from advsweep.evaluation.checkpoints import load_model
+
+        if checkpoint not in self.models:
+            self.models[checkpoint] = load_model(checkpoint, self.device)
+            if len(self.models) > self.cache_models:
+                self.models.popitem(last=False)
+        self.models.move_to_end(checkpoint)
+        return self.models[checkpoint]
+
+    def run(self, unit: Unit, checkpoint: str, x: np.ndarray, y: np.ndarray, index: np.ndarray, base_seed: int,
+            batch_size: int, source_checkpoint: str | None = None) -> dict[str, Any]:
+        from advsweep.evaluation.shard import predict, run_unit
+        from advsweep.storage.parquet import write_atomic
+        from advsweep.training.trainer import as_float_images
+
+        start = time.perf_counter()
+        model = self._model(checkpoint)
+        source = self._model(source_checkpoint) if source_checkpoint else None
+        xt = as_float_images(torch.from_numpy(np.array(x)))  # object-store arrays are read-only
+        yt = torch.from_numpy(np.array(y)).long()
+        key = (checkpoint, unit.shard)
+        if key not in self.clean:
+            self.clean[key] = predict(model, xt, batch_size, self.device)
+        table = run_unit(model, unit, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
+                         self.device, source_model=source)
+        if self.crash_marker and not os.path.exists(self.crash_marker):
+            Path(self.crash_marker).write_text(str(unit))
+            os._exit(1)
+        path = example_file(self.out_dir, unit.trial_id, unit.attack.label, unit.eps, unit.shard)
+        write_atomic(table, path, self.sweep_id)
+        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid()}
+
+
+def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[AttackConfig], n: int,
+                  shard_size: int) -> tuple[list[Unit], list[Unit]]:
+    """(all units, units whose file is not there yet)."""
+    units = [u for t in trials for u in make_units(t.trial_id, attacks, n, shard_size)]
+    todo = [u for u in units if not example_file(out_dir, u.trial_id, u.attack.label, u.eps, u.shard).exists()]
+    return units, todo
+
+
+def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks: list[AttackConfig],
+             x: np.ndarray, y: np.ndarray, index: np.ndarray, *, shard_size: int, batch_size: int, base_seed: int,
+             num_workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+             source_checkpoints: dict[str, str] | None = None, progress: Callable[[Unit, dict], None] | None = None,
+             crash_marker: str | None = None) -> dict[str, int]:
+    """Run every pending unit on a pool of actors; returns counts. Ray must be initialised by the caller.
+
+    `source_checkpoints` maps an attack label to the checkpoint it crafts on (transfer attacks)."""
+    import ray
+
+    out_dir = str(Path(out_dir).resolve())
+    units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size)
+    if not todo:
+        return {"units": len(units), "ran": 0, "resubmitted": 0}
+    ckpt = {t.trial_id: t.checkpoint for t in trials}
+    bounds = shard_bounds(len(x), shard_size)
+    if num_workers is None:
+        res = ray.cluster_resources()
+        slots = res.get("GPU", 0) / gpus_per_worker if gpus_per_worker else res.get("CPU", 1) / cpus_per_worker
+        num_workers = max(1, int(slots))
+    num_workers = min(num_workers, len(todo))
+    Actor = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)
+
+    def new_actor():
+        return Actor.remote(out_dir, sweep_id, int(max(1, cpus_per_worker)), gpus_per_worker > 0,
+                            crash_marker=crash_marker)
+
+    # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
+    refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
+    free = [new_actor() for _ in range(num_workers)]
+    queue = list(reversed(todo))  # pop() from the end keeps the trial-major order: actors reuse loaded models
+    attempts: dict[Unit, int] = {}
+    inflight: dict[Any, tuple[Unit, Any]] = {}
+    resubmitted = 0
+    while queue or inflight:
+        while queue and free:
+            unit, actor = queue.pop(), free.pop()
+            attempts[unit] = attempts.get(unit, 0) + 1
+            src = (source_checkpoints or {}).get(unit.attack.label)
+            xs, ys, ids = refs[unit.shard]
+            ref = actor.run.remote(unit, ckpt[unit.trial_id], xs, ys, ids, base_seed, batch_size, src)
+            inflight[ref] = (unit, actor)
+        [done], _ = ray.wait(list(inflight), num_returns=1)
+        unit, actor = inflight.pop(done)
+        try:
+            info = ray.get(done)
+        except ray.exceptions.RayActorError:
+            # The process died (OOM, node loss, kill): the unit's file was not renamed into place, so run it again
+            # on a fresh actor. Its deterministic seed gives the same rows as an uninterrupted run.
+            if attempts[unit] >= MAX_ATTEMPTS:
+                raise RuntimeError(f"unit {unit} failed {attempts[unit]} times: its worker keeps dying") from None
+            queue.append(unit)
+            free.append(new_actor())
+            resubmitted += 1
+            continue
+        free.append(actor)
+        if progress:
+            progress(unit, info)
+    for a in free:
+        ray.kill(a)
+    return {"units": len(units), "ran": len(todo), "resubmitted": resubmitted}

@@ -1,0 +1,120 @@
+"""The evaluation stage of a sweep (also `advsweep eval`): engine → examples → robustness → trials table → MLflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from advsweep.evaluation.aggregate import robustness_table
+from advsweep.evaluation.checkpoints import load_model
+from advsweep.evaluation.engine import TrialRef, evaluate
+from advsweep.evaluation.units import AttackConfig
+from advsweep.registry import SpecError
+from advsweep.storage import schema as S
+from advsweep.storage.parquet import read_examples, read_trials, trials_table, write_atomic
+from advsweep.storage.tracking import log_run_metrics
+
+
+def attack_configs(attacks: list[Any]) -> list[AttackConfig]:
+    """From validated spec/suite AttackSpecs."""
+    return [AttackConfig(a.label, a.name, tuple(a.eps), a.options) for a in attacks]
+
+
+def check_labels(out_dir: Path, attacks: list[AttackConfig]) -> None:
+    """A label already in the sweep must mean the same attack and options, or its rows would mix two attacks."""
+    existing = read_examples(out_dir, columns=["attack", "attack_name", "attack_params"])
+    if existing.num_rows == 0:
+        return
+    seen = {(r["attack"]): (r["attack_name"], r["attack_params"]) for r in existing.group_by(
+        ["attack", "attack_name", "attack_params"]).aggregate([]).to_pylist()}
+    for i, a in enumerate(attacks):
+        if a.label in seen and seen[a.label] != (a.name, a.params_json()):
+            raise SpecError(f"attacks[{i}].label", f"{a.label!r} is already used in this sweep by "
+                                                   f"{seen[a.label][0]} {seen[a.label][1]}; choose another label")
+
+
+def check_evaluation(out_dir: Path, trial_rows: list[dict[str, Any]], attacks: list[AttackConfig]) -> None:
+    """Fail fast on a missing or corrupt checkpoint or a reused attack label."""
+    for r in trial_rows:
+        if r["status"] == "completed":
+            if not r.get("checkpoint"):
+                raise SpecError(f"trial {r['trial_id']}", "has no checkpoint")
+            load_model(r["checkpoint"])
+    check_labels(out_dir, attacks)
+
+
+def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str, Any]], attacks: list[AttackConfig],
+                         data: dict[str, np.ndarray], eval_cfg: dict[str, Any], mlflow_uri: str | None,
+                         cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                         num_workers: int | None = None) -> dict[str, int]:
+    """Run the units of `attacks` on the completed trials, then rewrite the aggregate tables. Call
+    `check_evaluation` first (before Ray starts) so that bad input fails with one line and nothing written."""
+    done = [r for r in trial_rows if r["status"] == "completed"]
+    by_label = {a.label: a for a in attacks}
+
+    def progress(unit, info):
+        print(f"[eval] {unit.trial_id} {unit.attack.label} eps={unit.eps:g} shard={unit.shard}: "
+              f"{info['rows']} examples in {info['seconds']:.1f}s", flush=True)
+
+    counts = {"units": 0, "ran": 0, "resubmitted": 0}
+    if done and attacks:
+        counts = evaluate(out_dir, sweep_id, [TrialRef(r["trial_id"], r["checkpoint"]) for r in done], attacks,
+                          data["x_test"], data["y_test"], data["test_index"], shard_size=eval_cfg["shard_size"],
+                          batch_size=eval_cfg["batch_size"], base_seed=eval_cfg["seed"], num_workers=num_workers,
+                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, progress=progress)
+    examples = read_examples(out_dir)
+    robustness = robustness_table(examples)
+    eval_seconds = unit_seconds_by_trial(examples)
+    write_atomic(robustness, out_dir / "robustness" / "part-0.parquet", sweep_id)
+    rob_rows = robustness.to_pylist()
+    for row in trial_rows:
+        row["eval_time_s"] = eval_seconds.get(row["trial_id"])
+        row["robust"] = [{k: r[k] for k in ("attack", "eps", "robust_acc", "ci_low", "ci_high")}
+                         for r in rob_rows if r["trial_id"] == row["trial_id"]] if row["status"] == "completed" else []
+    write_atomic(trials_table(trial_rows), out_dir / "trials" / "part-0.parquet", sweep_id)
+    if mlflow_uri:
+        for row in done:
+            metrics = {}
+            for r in rob_rows:
+                if r["trial_id"] == row["trial_id"] and (r["attack"] in by_label or r["attack"] == S.ENSEMBLE):
+                    key = f"robust_acc/{r['attack']}/eps_{r['eps']:g}"
+                    metrics.update({key: r["robust_acc"], f"{key}/ci_low": r["ci_low"], f"{key}/ci_high": r["ci_high"]})
+            if row.get("mlflow_run_id") and metrics:
+                log_run_metrics(mlflow_uri, row["mlflow_run_id"], metrics)
+    return counts
+
+
+def unit_seconds_by_trial(examples) -> dict[str, float]:
+    """Attack wall time per trial: each unit's time once (it is repeated on every row of the unit)."""
+    if examples.num_rows == 0:
+        return {}
+    units = examples.group_by(["trial_id", "attack", "eps", "shard"]).aggregate([("wall_time_s", "max")])
+    per_trial = units.group_by("trial_id").aggregate([("wall_time_s_max", "sum")]).to_pylist()
+    return {r["trial_id"]: r["wall_time_s_max_sum"] for r in per_trial}
+
+
+def trial_rows_from_table(out_dir: Path) -> list[dict[str, Any]]:
+    """Rows of an existing trials table in the form `trials_table` writes (config columns back under "config")."""
+    rows = []
+    for r in read_trials(out_dir).to_pylist():
+        config = {k[len(S.CONFIG_PREFIX):]: r.pop(k) for k in list(r) if k.startswith(S.CONFIG_PREFIX)}
+        r["config"] = {k: v for k, v in config.items() if v is not None}
+        rows.append(r)
+    return rows
+
+
+def load_sweep_data(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and the sweep's recorded test subset, re-read from the dataset."""
+    from advsweep.data import load_dataset
+    from advsweep.spec import load_spec
+
+    manifest_file = out_dir / "sweep.json"
+    if not manifest_file.is_file():
+        raise SpecError(str(out_dir), "not a sweep directory (no sweep.json)")
+    manifest = json.loads(manifest_file.read_text())
+    spec = load_spec(out_dir / "spec.yaml")
+    ds = load_dataset(spec.raw.data.dataset, spec.raw.data.data_dir)
+    test_index = np.load(out_dir / "subsets.npz")["test_index"]
+    return manifest, {"x_test": ds.x_test[test_index], "y_test": ds.y_test[test_index], "test_index": test_index}
