@@ -44,6 +44,15 @@ def _synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (protos[y] + 0.3 * torch.randn(n, 1, 28, 28, generator=g)).clamp(0, 1), y
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models here are tiny: one intra-op thread is much faster than two (and immune to a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def clf():
     """(model, x, y): an MLP trained for a few seconds; 64 test points (a power of two, see the torchattacks test)."""
@@ -288,18 +297,18 @@ def test_autoattack_standard_settings_and_cascade(clf):
 
 def test_boundary_finds_adversarials_and_shrinks_distance(linear):
     model, x, y, exact = linear
-    short = build_attack("boundary", model, 1e9, 0, steps=100)(x, y)
-    long = build_attack("boundary", model, 1e9, 0, steps=1500)(x, y)
+    short = build_attack("boundary", model, 1e9, 0, steps=200)(x, y)
+    long = build_attack("boundary", model, 1e9, 0, steps=4000)(x, y)
     assert torch.isfinite(long.distance).all()
     assert _fooled(model, long.x_adv, y).all()
     torch.testing.assert_close(long.distance, (long.x_adv - x).flatten(1).norm(dim=1))
     assert (long.distance <= short.distance + 1e-6).all()  # the same trajectory, run longer
     assert long.distance.median() < 0.7 * short.distance.median()
-    assert (long.distance >= exact - 1e-4).all() and (long.distance <= 1.5 * exact).float().mean() >= 0.9
+    assert (long.distance >= exact - 1e-4).all() and (long.distance <= 1.2 * exact).float().mean() >= 0.9
     assert (long.steps > short.steps).all()
     # at a fixed eps: the adversarial only where it is within eps, else x
     eps = float(long.distance.median())
-    at_eps = build_attack("boundary", model, eps, 0, steps=1500)(x, y)
+    at_eps = build_attack("boundary", model, eps, 0, steps=4000)(x, y)
     within = long.distance <= eps
     assert torch.equal(at_eps.x_adv[within], long.x_adv[within]) and torch.equal(at_eps.x_adv[~within], x[~within])
 
