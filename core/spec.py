@@ -57,6 +57,8 @@ class AttackSpec(BaseModel):
     name: str
     label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     eps: list[Eps] = Field(default_factory=lambda: [0.0])
+    # Transfer attacks: the trial (id, or index in the spec's trial list) whose model crafts the examples.
+    source_trial: str | int | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -260,6 +262,10 @@ def _validate_attacks(attacks: list[AttackSpec]) -> None:
     labels = set()
     for i, atk in enumerate(attacks):
         ATTACKS.validate(atk.name, atk.options, f"attacks[{i}]")
+        if atk.source_trial is not None and not atk.name.startswith("transfer"):
+            raise SpecError(f"attacks[{i}].source_trial", f"only transfer attacks take a source trial, not {atk.name}")
+        if atk.source_trial is None and atk.name.startswith("transfer"):
+            raise SpecError(f"attacks[{i}].source_trial", "a transfer attack needs the trial it crafts on")
         atk.label = atk.label or atk.name
         if atk.label in labels:
             raise SpecError(f"attacks[{i}].label", f"duplicate label {atk.label!r}; give each configuration a label")

@@ -100,3 +100,16 @@ def test_corrupt_or_missing_checkpoint_is_one_line(tmp_path, job):
     with pytest.raises(SpecError) as exc:
         load_model(tmp_path / "nowhere")
     assert "checkpoint file missing" in str(exc.value)
+
+
+def test_transfer_from_the_same_checkpoint_equals_white_box(ray_local, job, tmp_path):
+    _, trials, x, y, index = job
+    xfer = AttackConfig("xfer", "transfer", (0.1,), {"base": "fgsm"}, source_trial="t0")
+    evaluate(tmp_path, "s", trials[:1], [ATTACKS[0], xfer], x, y, index, shard_size=SHARD, batch_size=8,
+             base_seed=5, num_workers=2, source_checkpoints={"xfer": trials[0].checkpoint})
+    rows = _rows(tmp_path)
+    wb = rows[(rows["attack"] == "fgsm") & (rows["eps"] == 0.1)].set_index("example_index")
+    tr = rows[rows["attack"] == "xfer"].set_index("example_index")
+    assert len(tr) == N and (tr["adv_pred"] == wb["adv_pred"]).all()
+    assert (tr["linf"] - wb["linf"]).abs().max() < 1e-6
+    assert '"source_trial": "t0"' in tr["attack_params"].iloc[0]

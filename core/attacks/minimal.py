@@ -11,7 +11,9 @@ import numpy as np
 import scipy.optimize
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from typing import Annotated
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from advsweep.attacks import Attack, AttackResult, register_attack
 from advsweep.attacks._util import GradLog, bview, l2, predict
@@ -36,7 +38,7 @@ class DeepFool(Attack):
     norm = "none"
 
     def __init__(self, model, eps, seed, steps: PositiveInt = 50, overshoot: NonNegativeFloat = 0.02,
-                 candidates: PositiveInt = 10):
+                 candidates: Annotated[int, Field(ge=2)] = 10):
         super().__init__(model, eps, seed)
         self.steps, self.overshoot, self.candidates = steps, overshoot, candidates
 
@@ -56,10 +58,13 @@ class DeepFool(Attack):
             idx = active.nonzero().flatten()
             if idx.numel() == 0:
                 break
+            if it == self.steps:  # the last pass only checks the final iterates
+                adversarial[idx] = predict(self.model, x_i[idx]) != y[idx]
+                break
             xi = x_i[idx].detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = self.model(xi)
-                still = logits.argmax(1) == y[idx]
+                still = (logits.argmax(1) == y[idx]).detach()
                 z_y = logits.gather(1, y[idx, None]).squeeze(1)
                 fs, gs = [], []
                 for j in range(k):
@@ -70,8 +75,6 @@ class DeepFool(Attack):
             done = idx[~still]
             adversarial[done] = True
             active[done] = False
-            if it == self.steps:  # the last pass only checks
-                break
             keep = still.nonzero().flatten()
             if keep.numel() == 0:
                 break

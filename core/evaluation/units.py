@@ -15,13 +15,15 @@ class AttackConfig:
     name: str
     eps: tuple[float, ...]
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    source_trial: str | int | None = None  # transfer attacks: the trial whose model crafts the examples
 
     @property
     def norm(self) -> str:
         return ATTACKS.get(self.name).norm
 
     def params_json(self) -> str:
-        return json.dumps(self.options, sort_keys=True, default=str)
+        extra = {"source_trial": self.source_trial} if self.source_trial is not None else {}
+        return json.dumps({**self.options, **extra}, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)

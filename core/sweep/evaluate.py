@@ -19,7 +19,20 @@ from advsweep.storage.tracking import log_run_metrics
 
 def attack_configs(attacks: list[Any]) -> list[AttackConfig]:
     """From validated spec/suite AttackSpecs."""
-    return [AttackConfig(a.label, a.name, tuple(a.eps), a.options) for a in attacks]
+    return [AttackConfig(a.label, a.name, tuple(a.eps), a.options, a.source_trial) for a in attacks]
+
+
+def source_checkpoints(trial_rows: list[dict[str, Any]], attacks: list[AttackConfig]) -> dict[str, str]:
+    """Attack label → checkpoint of its source trial (given by trial id or by index in the spec's trial list)."""
+    out = {}
+    for i, a in enumerate(attacks):
+        if a.source_trial is None:
+            continue
+        match = [r for r in trial_rows if a.source_trial in (r["trial_id"], r.get("trial_index"))]
+        if not match or match[0]["status"] != "completed" or not match[0].get("checkpoint"):
+            raise SpecError(f"attacks[{i}].source_trial", f"no completed trial {a.source_trial!r} in this sweep")
+        out[a.label] = match[0]["checkpoint"]
+    return out
 
 
 def check_labels(out_dir: Path, attacks: list[AttackConfig]) -> None:
@@ -42,6 +55,7 @@ def check_evaluation(out_dir: Path, trial_rows: list[dict[str, Any]], attacks: l
             if not r.get("checkpoint"):
                 raise SpecError(f"trial {r['trial_id']}", "has no checkpoint")
             load_model(r["checkpoint"])
+    source_checkpoints(trial_rows, attacks)
     check_labels(out_dir, attacks)
 
 
@@ -63,7 +77,8 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
         counts = evaluate(out_dir, sweep_id, [TrialRef(r["trial_id"], r["checkpoint"]) for r in done], attacks,
                           data["x_test"], data["y_test"], data["test_index"], shard_size=eval_cfg["shard_size"],
                           batch_size=eval_cfg["batch_size"], base_seed=eval_cfg["seed"], num_workers=num_workers,
-                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, progress=progress)
+                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                          source_checkpoints=source_checkpoints(trial_rows, attacks), progress=progress)
     examples = read_examples(out_dir)
     robustness = robustness_table(examples)
     eval_seconds = unit_seconds_by_trial(examples)
