@@ -27,6 +27,7 @@ from advsweep.registry import SpecError
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 Eps = confloat(ge=0.0, le=1.0)
+NonNegative = confloat(ge=0.0)
 
 
 class _Strict(BaseModel):
@@ -56,7 +57,7 @@ class AttackSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    eps: list[Eps] = Field(default_factory=lambda: [0.0])
+    eps: list[NonNegative] = Field(default_factory=lambda: [0.0])  # ℓ∞ ε ≤ 1 is checked against the attack's norm
     # Transfer attacks: the trial (id, or index in the spec's trial list) whose model crafts the examples.
     source_trial: str | int | None = None
 
@@ -262,6 +263,10 @@ def _validate_attacks(attacks: list[AttackSpec]) -> None:
     labels = set()
     for i, atk in enumerate(attacks):
         ATTACKS.validate(atk.name, atk.options, f"attacks[{i}]")
+        if ATTACKS.get(atk.name).norm == "linf":
+            for j, e in enumerate(atk.eps):
+                if e > 1:
+                    raise SpecError(f"attacks[{i}].eps[{j}]", f"ℓ∞ ε = {e} is outside [0, 1] (images lie in [0, 1])")
         if atk.source_trial is not None and not atk.name.startswith("transfer"):
             raise SpecError(f"attacks[{i}].source_trial", f"only transfer attacks take a source trial, not {atk.name}")
         if atk.source_trial is None and atk.name.startswith("transfer"):

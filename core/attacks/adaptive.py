@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import PositiveFloat
 from torch import nn
 
-from advsweep.attacks import ATTACKS, Attack, AttackResult, build_attack, register_attack
+from advsweep.attacks import ATTACKS, Attack, build_attack, register_attack
 from advsweep.attacks._util import BaseOptions, base_attack_validator
 from advsweep.models.ode import FIXED_STEP_SOLVERS, Solver
 
@@ -86,7 +86,7 @@ def with_solver(model: nn.Module, solver: str | None = None, rtol: float | None 
     if not blocks:
         raise ValueError(f"model {getattr(model, 'registry_name', type(model).__name__)!r} has no ODE blocks; "
                          "solver settings only apply to ODE models")
-    copy_ = copy.deepcopy(model)
+    copy_ = model
     for block in ode_blocks(copy_):
         new_solver = solver if solver is not None else block.solver
         if new_solver in FIXED_STEP_SOLVERS:

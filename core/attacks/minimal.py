@@ -7,12 +7,12 @@ third minimum-norm attack.)
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import scipy.optimize
 import torch
 import torch.nn.functional as F
-from typing import Annotated
-
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from advsweep.attacks import Attack, AttackResult, register_attack
