@@ -86,7 +86,7 @@ def with_solver(model: nn.Module, solver: str | None = None, rtol: float | None 
     if not blocks:
         raise ValueError(f"model {getattr(model, 'registry_name', type(model).__name__)!r} has no ODE blocks; "
                          "solver settings only apply to ODE models")
-    copy_ = model
+    copy_ = copy.deepcopy(model)
     for block in ode_blocks(copy_):
         new_solver = solver if solver is not None else block.solver
         if new_solver in FIXED_STEP_SOLVERS:
