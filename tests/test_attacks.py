@@ -269,6 +269,17 @@ def test_difgsm_agrees_with_torchattacks(clf):
     assert torch.equal(ours, ta)
 
 
+def test_torchattacks_components_are_reproduced(clf):
+    """Our outer loops around torchattacks' single runs return what torchattacks itself returns."""
+    model, x, y = clf
+    x, y = x[:32], y[:32]
+    for name, ta in [("apgd_ce", torchattacks.APGD(model, eps=0.05, steps=10, seed=3, loss="ce")),
+                     ("apgd_dlr", torchattacks.APGD(model, eps=0.05, steps=10, seed=3, loss="dlr"))]:
+        assert torch.equal(build_attack(name, model, 0.05, 3, n_iter=10)(x, y).x_adv, ta(x, y)), name
+    ta = torchattacks.Square(model, eps=0.05, n_queries=60, seed=3, resc_schedule=False)
+    assert torch.equal(build_attack("square", model, 0.05, 3, n_queries=60)(x, y).x_adv, ta(x, y))
+
+
 def test_autoattack_standard_settings_and_cascade(clf):
     model, x, y = clf
     default = build_attack("autoattack", model, 0.05, 0)
@@ -312,6 +323,13 @@ def test_boundary_finds_adversarials_and_shrinks_distance(linear):
     at_eps = build_attack("boundary", model, eps, 0, steps=4000)(x, y)
     within = long.distance <= eps
     assert torch.equal(at_eps.x_adv[within], long.x_adv[within]) and torch.equal(at_eps.x_adv[~within], x[~within])
+
+
+def test_boundary_initialises_from_the_batch_when_noise_fails(clf):
+    model, x, y = clf
+    res = build_attack("boundary", model, 100.0, 0, steps=1, init_directions=1)(x, y)
+    assert torch.isfinite(res.distance).all() and _fooled(model, res.x_adv, y).all()
+    assert (res.distance[~_fooled(model, x, y)] > 0).all()
 
 
 def test_deepfool_and_lbfgs_are_exact_on_a_linear_model(linear):

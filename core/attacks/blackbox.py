@@ -114,7 +114,9 @@ class Boundary(Attack):
 
     Initialisation as foolbox's LinearSearchBlendedUniformNoiseAttack: up to `init_directions` uniform-noise images
     until one is misclassified, then the smallest blend (1−ε)x + ε·noise on a grid of `init_steps`+1 values that is
-    misclassified. Then, per step: an orthogonal (spherical) step of relative size `spherical_step` on the sphere
+    misclassified. Where no noise image is misclassified (uniform noise can fall into a single class, the input's
+    own), `init_from_batch=True` blends towards the nearest input of the same batch that the model assigns to another
+    class instead (foolbox would raise; this makes such examples depend on the batch). Then, per step: an orthogonal (spherical) step of relative size `spherical_step` on the sphere
     around x through the current adversarial, followed by a step of relative size `source_step` towards x; the
     candidate replaces the adversarial if misclassified and closer. Every `update_stats_every_k` steps the spherical
     candidate is queried too, and the step sizes adapt from the success rates of the last 100 spherical / 30 full
@@ -135,18 +137,19 @@ class Boundary(Attack):
     def __init__(self, model, eps, seed, steps: PositiveInt = 25000, spherical_step: PositiveFloat = 1e-2,
                  source_step: PositiveFloat = 1e-2, source_step_convergence: PositiveFloat = 1e-7,
                  step_adaptation: Annotated[float, Field(gt=1.0)] = 1.5, update_stats_every_k: PositiveInt = 10,
-                 init_directions: PositiveInt = 1000, init_steps: PositiveInt = 50, early_stop: bool = False):
+                 init_directions: PositiveInt = 1000, init_steps: PositiveInt = 50, init_from_batch: bool = True,
+                 early_stop: bool = False):
         super().__init__(model, eps, seed)
         self.steps, self.spherical_step, self.source_step = steps, spherical_step, source_step
         self.source_step_convergence, self.step_adaptation = source_step_convergence, step_adaptation
         self.update_stats_every_k, self.init_directions, self.init_steps = (
             update_stats_every_k, init_directions, init_steps)
-        self.early_stop = early_stop
+        self.init_from_batch, self.early_stop = init_from_batch, early_stop
 
     def _is_adv(self, z, y):
         return predict(self.model, z) != y
 
-    def _init(self, x, y, idx, queries):
+    def _init(self, x, y, preds, idx, queries):
         """LinearSearchBlendedUniformNoise for the examples `idx`: returns (starting points, found mask)."""
         xs, ys = x[idx], y[idx]
         k = len(idx)
@@ -160,6 +163,16 @@ class Boundary(Attack):
             ok = self._is_adv(r, ys[todo])
             queries[idx[todo].cpu()] += 1
             noise[todo[ok]] = r[ok]
+            has[todo[ok]] = True
+        if self.init_from_batch and not has.all():
+            # Uniform noise can land in one class for every draw (then foolbox's init fails): blend instead towards
+            # the nearest input of the batch that the model assigns to another class (already queried).
+            todo = (~has).nonzero().flatten()
+            dists = torch.cdist(xs[todo].flatten(1), x.flatten(1))
+            dists[preds[None, :] == ys[todo, None]] = float("inf")
+            nearest = dists.argmin(1)
+            ok = torch.isfinite(dists.gather(1, nearest[:, None]).squeeze(1))
+            noise[todo[ok]] = x[nearest[ok]]
             has[todo[ok]] = True
         best = torch.ones(k, device=x.device)
         blends = torch.linspace(0, 1, self.init_steps + 1)
@@ -175,7 +188,7 @@ class Boundary(Attack):
             unresolved[todo[ok]] = False
         b = bview(best, xs)
         start = (1 - b) * xs + b * noise
-        # numerically the blend at `best` was the point found adversarial, but recheck (1 query)
+        # the blend at `best` is the point found adversarial, but recompute-and-check it (1 query)
         ok = torch.zeros(k, dtype=torch.bool, device=x.device)
         if has.any():
             hi = has.nonzero().flatten()
@@ -210,12 +223,13 @@ class Boundary(Attack):
             res = unchanged(x, gradients=False, distance=True)
             return res
         adv = x.clone()
-        wrong = self._is_adv(x, y)
+        preds = predict(self.model, x)
+        wrong = preds != y
         queries += 1
         found = wrong.clone()
         attack_idx = (~wrong).nonzero().flatten()
         if attack_idx.numel() > 0:
-            start, ok = self._init(x, y, attack_idx, queries)
+            start, ok = self._init(x, y, preds, attack_idx, queries)
             adv[attack_idx[ok]] = start[ok]
             found[attack_idx[ok]] = True
         active = found & ~wrong

@@ -232,18 +232,20 @@ class DIFGSM(_MomentumFGSM):
 @register_attack("cw_l2")
 class CWL2(Attack):
     """Carlini-Wagner ℓ2 (own code, following the reference attack rather than torchattacks.CW, whose pitfalls —
-    margin wrong for negative logits, atanh(±1)=inf freezing saturated pixels, no search over c, early stopping on
-    the whole batch's cost — are avoided here).
+    margin wrong for negative logits, atanh(±1) = ±inf for saturated pixels, no search over c, early stopping on the
+    whole batch's cost — are avoided here).
 
-    Minimises ‖δ‖² + c·max(z_y − max_{j≠y} z_j, −κ) in tanh space with Adam (inputs scaled by 0.999999 before atanh),
-    `binary_search_steps` rounds of a per-example search over c (×10 until a round succeeds, then bisection), early
-    abort of a round once no example's objective improved by 0.01 % over a tenth of the steps. The smallest
+    Minimises ‖δ‖² + c·max(z_y − max_{j≠y} z_j, −κ) in tanh space with Adam, the inputs scaled by 0.999999 before
+    atanh as in the reference (finite, but saturated pixels still move slowly in tanh space, as there), for
+    `binary_search_steps` rounds of a per-example search over c (×10 until a round succeeds, then bisection); a round
+    stops early once no example's objective improved by 0.01 % over a tenth of its steps. Defaults are CPU-scale:
+    100 steps at lr 0.05 per round (the reference uses lr 0.01 with up to 10,000 steps and 9 rounds). The smallest
     adversarial found is then renormed onto the ε-ball (as the SONet evaluation does); `distance` records its ℓ2
     norm before that (inf where none was found; x is returned for those)."""
 
     norm = "l2"
 
-    def __init__(self, model, eps, seed, steps: PositiveInt = 100, lr: PositiveFloat = 0.01, c: PositiveFloat = 1.0,
+    def __init__(self, model, eps, seed, steps: PositiveInt = 100, lr: PositiveFloat = 0.05, c: PositiveFloat = 1.0,
                  kappa: NonNegativeFloat = 0.0, binary_search_steps: PositiveInt = 5, abort_early: bool = True):
         super().__init__(model, eps, seed)
         self.steps, self.lr, self.c, self.kappa = steps, lr, c, kappa

@@ -23,6 +23,14 @@ from advsweep.attacks._util import GradLog, lp, predict, unchanged
 _TA_NORM = {"linf": "Linf", "l2": "L2"}
 
 
+def _reseed(seed: int, x: torch.Tensor) -> None:
+    """What torchattacks' perturb does at its start (its random draws are CPU draws moved to the device); the CUDA
+    generator is only touched for CUDA inputs, so a CPU job never initialises CUDA state."""
+    torch.random.manual_seed(seed)
+    if x.is_cuda:
+        torch.cuda.random.manual_seed(seed)
+
+
 class _Tracked:
     """Mixin for a torchattacks attack: every `get_logits` call on the batch of the current run (whose global example
     indices are `_idx`) counts one query per example, and the input gradient, when one is taken, is logged per
@@ -48,8 +56,7 @@ class _APGD(_Tracked, torchattacks.APGD):
         self._idx = idx
         acc = self.get_logits(x).max(1)[1] == y
         adv = x.clone()
-        torch.random.manual_seed(self.seed)
-        torch.cuda.random.manual_seed(self.seed)
+        _reseed(self.seed, x)
         for _ in range(self.n_restarts):
             ind = acc.nonzero().flatten()
             if ind.numel() == 0:
@@ -70,8 +77,7 @@ class _APGDT(_Tracked, torchattacks.APGDT):
         self._idx = idx
         acc = self.get_logits(x).max(1)[1] == y
         adv = x.clone()
-        torch.random.manual_seed(self.seed)
-        torch.cuda.random.manual_seed(self.seed)
+        _reseed(self.seed, x)
         for target_class in range(2, self.n_target_classes + 2):
             self.target_class = target_class
             for _ in range(self.n_restarts):
@@ -110,8 +116,7 @@ class _FAB(_Tracked, torchattacks.FAB):
         with torch.no_grad():
             acc = self.get_logits(x).max(1)[1] == y
         adv = x.clone()
-        torch.random.manual_seed(self.seed)
-        torch.cuda.random.manual_seed(self.seed)
+        _reseed(self.seed, x)
         targets = range(2, self.n_target_classes + 2) if self.multi_targeted else [None]
         for target_class in targets:
             self.target_class = target_class
@@ -145,8 +150,7 @@ class _Square(torchattacks.Square):
             acc = self.get_logits(x).max(1)[1] == y
         queries += 1
         adv = x.clone()
-        torch.random.manual_seed(self.seed)
-        torch.cuda.random.manual_seed(self.seed)
+        _reseed(self.seed, x)
         for _ in range(self.n_restarts):
             ind = acc.nonzero().flatten()
             if ind.numel() == 0:
@@ -248,6 +252,8 @@ class AutoAttack(Attack):
             return res
         ta_norm = _TA_NORM[self.norm]
         n_classes = _num_classes(self.model, x)
+        if n_classes < 4:
+            raise ValueError(f"autoattack needs at least 4 classes (APGD-T's targeted DLR loss), got {n_classes}")
         n_targets = min(self.STANDARD["n_target_classes"], n_classes - 1)
         self.settings = self._settings(n_targets)
         log = GradLog(n)
