@@ -35,3 +35,24 @@ def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_curves(g: pd.DataFrame, attack: str, measure: str, path: Path) -> Path:
+    """Robust accuracy vs ε per trial, with its Wilson band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    colours = plt.get_cmap("tab10")
+    for i, ((index, trial_id), tg) in enumerate(g.groupby(["trial_index", "trial_id"], sort=True)):
+        tg = tg.sort_values("eps")
+        c = colours(i % 10)
+        ax.plot(tg["eps"], tg["robust_acc"], color=c, lw=1.5, label=f"#{index} {tg['model_name'].iloc[0]}")
+        ax.fill_between(tg["eps"], tg["ci_low"], tg["ci_high"], color=c, alpha=0.15, lw=0)
+    ax.set_xlabel(f"perturbation budget ε ({measure})")
+    ax.set_ylabel("robust accuracy")
+    ax.set_title(f"Accuracy vs ε from {attack} minimal perturbations (95 % Wilson bands)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

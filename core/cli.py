@@ -119,6 +119,22 @@ def eval_(
                f"results in {sweep_dir / 'examples'} and {sweep_dir / 'robustness'}")
 
 
+@app.command()
+def curves(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/curves)"),
+) -> None:
+    """Accuracy-vs-ε curves (ℓ2, ℓ∞, RMS) and minimal-distortion statistics from minimal-perturbation attacks."""
+    from advsweep.analysis.curves import write_curves
+
+    try:
+        files = write_curves(sweep_dir, out)
+    except SpecError as exc:
+        _fail(exc)
+    for f in files:
+        typer.echo(f"wrote {f}")
+
+
 def main() -> None:
     app()
 

@@ -50,3 +50,28 @@ def test_trials_table_types_config_columns(tmp_path):
     t = read_trials(tmp_path)
     assert t.schema.field("config.model.width").type == pa.int64()
     assert t.schema.field("natural_acc").type == pa.float64()
+
+
+def test_accuracy_vs_eps_curves_from_minimal_distortion(tmp_path):
+    from advsweep.analysis.curves import accuracy_curves, distortion_summary, minimal_examples, write_curves
+    from advsweep.storage.parquet import example_file, examples_table
+
+    _sweep(tmp_path)
+    # t0: 4 examples; #0 misclassified clean, #1 and #2 broken at ℓ2 0.5 and 1.5, #3 no adversarial found.
+    rows = {"sweep_id": ["s"] * 4, "attack_name": ["deepfool"] * 4, "attack_params": ["{}"] * 4,
+            "norm": ["none"] * 4, "eps": [0.0] * 4, "shard": [0] * 4, "example_index": [10, 11, 12, 13],
+            "label": [1, 2, 3, 4], "clean_pred": [0, 2, 3, 4], "adv_pred": [0, 5, 6, 4],
+            "robust": [False, False, False, True], "linf": [0.0, 0.1, 0.3, 0.0], "l2": [0.0, 0.5, 1.5, 0.0],
+            "rms": [0.0, 0.5 / 28, 1.5 / 28, 0.0], "distance": [0.0, 0.5, 1.5, None], "steps": [0, 3, 5, 50],
+            "grad_norm": [1.0] * 4, "seed": [1] * 4, "wall_time_s": [0.1] * 4}
+    write_atomic(examples_table(rows), example_file(tmp_path, "t0", "deepfool", 0.0, 0), "s")
+    df = minimal_examples(tmp_path)
+    curves = accuracy_curves(df)
+    l2 = curves[curves["measure"] == "l2"].set_index("eps")["robust_acc"]
+    assert l2.iloc[0] == 0.75  # at ε = 0 all but the misclassified one survive
+    assert l2[(l2.index > 0.5) & (l2.index < 1.5)].eq(0.5).all()
+    assert l2[l2.index > 1.5].eq(0.25).all()  # the unbroken example stays robust at every ε
+    summary = distortion_summary(df).iloc[0]
+    assert summary["found_rate"] == 2 / 3 and summary["median_l2"] == 1.0
+    files = write_curves(tmp_path)
+    assert (tmp_path / "curves" / "deepfool_l2.png") in files
