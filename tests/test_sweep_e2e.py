@@ -181,3 +181,13 @@ def test_cli_run_embedded_mlflow_then_eval_and_frontier(tmp_path, fashion_availa
                        env=env)
     assert r.returncode == 0, r.stderr
     assert (out / "frontier" / "pgd2_eps0.2.png").exists() and (out / "frontier" / "front.parquet").exists()
+
+    # A corrupt checkpoint: one line naming it, exit 2, nothing new written.
+    ckpt = Path(trials[0]["checkpoint"]) / "state.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    suite.write_text("attacks:\n  - {name: fgsm, label: fgsm-new, eps: [0.1]}\n")
+    before = sorted(str(p) for p in (out / "examples").rglob("*"))
+    r = subprocess.run([str(BIN / "advsweep"), "eval", str(out), "--suite", str(suite)], capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert r.returncode == 2 and str(ckpt.parent) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert sorted(str(p) for p in (out / "examples").rglob("*")) == before
