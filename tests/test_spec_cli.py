@@ -92,3 +92,32 @@ def test_cli_validate_lists_trials(tmp_path):
     spec.write_text(TINY_SPEC)
     r = _cli("validate", str(spec))
     assert r.returncode == 0 and "2 trials" in r.stdout
+
+
+@pytest.mark.parametrize("attack, field", [
+    ("{name: pgdx, eps: [0.1]}", "attacks[0]"),
+    ("{name: pgd, eps: [0.1], stepz: 3}", "attacks[0].stepz"),
+    ("{name: pgd, eps: [0.1], steps: 0}", "attacks[0].steps"),
+    ("{name: pgd, eps: [1.2]}", "attacks[0].eps[0]"),
+    ("{name: pgd, eps: [-0.1]}", "attacks[0].eps[0]"),
+    ("{name: difgsm, eps: [0.1], diversity_prob: 1.5}", "attacks[0].diversity_prob"),
+    ("{name: transfer, eps: [0.1]}", "attacks[0].source_trial"),
+    ("{name: pgd, eps: [0.1], source_trial: 0}", "attacks[0].source_trial"),
+    ("{name: pgd, label: 'a/b', eps: [0.1]}", "attacks[0].label"),
+])
+def test_bad_suite_names_field(tmp_path, attack, field):
+    from advsweep.spec import load_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"attacks:\n  - {attack}\n")
+    with pytest.raises(SpecError) as exc:
+        load_suite(suite)
+    assert str(exc.value).startswith(field), str(exc.value)
+
+
+def test_l2_eps_may_exceed_one(tmp_path):
+    from advsweep.spec import load_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("attacks:\n  - {name: boundary, eps: [2.0], steps: 10}\n")
+    assert load_suite(suite).attacks[0].eps == [2.0]
