@@ -53,44 +53,41 @@ class _Tracked:
 class _APGD(_Tracked, torchattacks.APGD):
     def perturb_tracked(self, x, y, idx):
         """torchattacks APGD.perturb (cheap=True): restarts on the still-robust points."""
-        self._idx = idx
-        acc = self.get_logits(x).max(1)[1] == y
-        adv = x.clone()
-        _reseed(self.seed, x)
-        for _ in range(self.n_restarts):
-            ind = acc.nonzero().flatten()
-            if ind.numel() == 0:
-                break
-            self._idx = idx[ind]
-            _, acc_curr, _, adv_curr = self.attack_single_run(x[ind], y[ind])
-            succ = (acc_curr == 0).nonzero().flatten()
-            acc[ind[succ]] = False
-            adv[ind[succ]] = adv_curr[succ].clone()
-        self._idx = None
-        return acc, adv
+        return _runs_on_robust(self, x, y, idx, [None] * self.n_restarts)
 
 
 class _APGDT(_Tracked, torchattacks.APGDT):
     def perturb_tracked(self, x, y, idx):
         """torchattacks APGDT.perturb: target classes 2..n_target_classes+1 (by logit rank), restarts on still-robust
         points."""
-        self._idx = idx
-        acc = self.get_logits(x).max(1)[1] == y
-        adv = x.clone()
-        _reseed(self.seed, x)
-        for target_class in range(2, self.n_target_classes + 2):
-            self.target_class = target_class
-            for _ in range(self.n_restarts):
-                ind = acc.nonzero().flatten()
-                if ind.numel() == 0:
-                    break
-                self._idx = idx[ind]
-                _, acc_curr, _, adv_curr = self.attack_single_run(x[ind], y[ind])
-                succ = (acc_curr == 0).nonzero().flatten()
-                acc[ind[succ]] = False
-                adv[ind[succ]] = adv_curr[succ].clone()
-        self._idx = None
-        return acc, adv
+
+        def target(t):
+            return lambda: setattr(self, "target_class", t)
+
+        runs = [target(t) for t in range(2, self.n_target_classes + 2) for _ in range(self.n_restarts)]
+        return _runs_on_robust(self, x, y, idx, runs)
+
+
+def _runs_on_robust(attack, x, y, idx, runs):
+    """The reference `perturb` loop: one `attack_single_run` per entry of `runs` (a setup callable or None), each on
+    the examples still classified correctly. Returns (still-robust mask, adversarials)."""
+    attack._idx = idx
+    acc = attack.get_logits(x).max(1)[1] == y
+    adv = x.clone()
+    _reseed(attack.seed, x)
+    for setup in runs:
+        ind = acc.nonzero().flatten()
+        if ind.numel() == 0:
+            break
+        if setup is not None:
+            setup()
+        attack._idx = idx[ind]
+        _, acc_curr, _, adv_curr = attack.attack_single_run(x[ind], y[ind])
+        succ = (acc_curr == 0).nonzero().flatten()
+        acc[ind[succ]] = False
+        adv[ind[succ]] = adv_curr[succ].clone()
+    attack._idx = None
+    return acc, adv
 
 
 class _FAB(_Tracked, torchattacks.FAB):
