@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-OUT    ?= $(CURDIR)/runs/quickstart
 
 .PHONY: install data quickstart test bench clean
 
@@ -27,7 +26,7 @@ data:
 	fi
 
 quickstart: install
-	$(VENV)/bin/advsweep run sweeps/quickstart.yaml --out $(OUT)
+	$(VENV)/bin/advsweep run sweeps/quickstart.yaml   # writes runs/quickstart-<time>/
 
 test: install
 	$(VENV)/bin/python -m pytest -q -ra tests
