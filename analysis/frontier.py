@@ -15,7 +15,7 @@ from advsweep.registry import SpecError
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_robustness, read_trials, write_atomic
 
-FRONT_COLUMNS = ["attack", "eps", "trial_id", "model_name", "natural_acc", "natural_ci_low", "natural_ci_high",
+FRONT_COLUMNS = ["attack", "eps", "trial_id", "trial_index", "model_name", "recipe", "natural_acc", "natural_ci_low", "natural_ci_high",
                  "robust_acc", "ci_low", "ci_high", "on_front", "hypervolume"]
 
 
@@ -45,11 +45,13 @@ def load_points(sweep_dir: str | Path) -> pd.DataFrame:
         raise SpecError(str(sweep_dir), "not a sweep directory (no trials/ table); run `advsweep run` first")
     trials = read_trials(sweep_dir).to_pandas()
     rob = read_robustness(sweep_dir).to_pandas()
+    recipe_col = S.CONFIG_PREFIX + "training.recipe.name"
+    trials["recipe"] = trials[recipe_col] if recipe_col in trials else None
     done = trials[trials["status"] == "completed"][
-        ["trial_id", "model_name", "natural_acc", "natural_ci_low", "natural_ci_high"]]
+        ["trial_id", "trial_index", "model_name", "recipe", "natural_acc", "natural_ci_low", "natural_ci_high"]]
     pts = rob[rob["eps"] > 0].merge(done, on="trial_id", how="inner")
-    return pts[["attack", "eps", "trial_id", "model_name", "natural_acc", "natural_ci_low", "natural_ci_high",
-                "robust_acc", "ci_low", "ci_high"]]
+    return pts[["attack", "eps", "trial_id", "trial_index", "model_name", "recipe", "natural_acc", "natural_ci_low",
+                "natural_ci_high", "robust_acc", "ci_low", "ci_high"]]
 
 
 def compute_fronts(points: pd.DataFrame) -> pd.DataFrame:

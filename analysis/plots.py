@@ -11,7 +11,8 @@ import pandas as pd  # noqa: E402
 
 
 def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
-    """All trials as points (colour = model family) with 95 % Wilson intervals on both axes; the front as a step line."""
+    """All trials as points (colour = model family, label = trial index and recipe) with 95 % Wilson intervals on
+    both axes; the front as a step line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     colours = plt.get_cmap("tab10")
     for i, (family, fg) in enumerate(sorted(g.groupby("model_name"), key=lambda kv: kv[0])):
@@ -22,6 +23,9 @@ def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
             fmt="o", color=colours(i % 10), ecolor=colours(i % 10), elinewidth=0.8, capsize=2, alpha=0.85,
             label=f"{family} ({len(fg)})",
         )
+    for r in g.itertuples():  # "#index recipe" ties each point to front.csv and the trials table
+        ax.annotate(f"#{r.trial_index} {r.recipe or ''}".strip(), (r.natural_acc, r.robust_acc), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
     front = g[g["on_front"]].sort_values("natural_acc")
     if len(front):
         ax.step(front["natural_acc"], front["robust_acc"], where="post", color="black", lw=1.2, label="Pareto front")
