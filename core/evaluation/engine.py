@@ -22,6 +22,24 @@ from advsweep.storage.parquet import example_file
 
 MAX_ATTEMPTS = 3  # per unit, for failures of the actor process (not for bugs: those raise at once)
 
+# OpenMP variables that, when set in the driver's environment, leave the workers' OpenMP wait policy to the user.
+_OMP_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def default_worker_env(threads: int) -> dict[str, str]:
+    """Environment for the worker processes: OMP_WAIT_POLICY=PASSIVE for multi-threaded workers.
+
+    An attack step on small images is hundreds of short OpenMP regions. With libgomp's default policy a thread spins
+    after each region; when the node's cores are shared (other workers, trials, another user's jobs) the spinning
+    thread holds a core that the thread it waits for needs: on a busy 2-core machine a 2-thread PGD loop ran 5-6x
+    slower than with PASSIVE (benchmarks/attack_throughput.py, "OpenMP wait policy"). With PASSIVE idle threads
+    sleep; results are unchanged (bit for bit: the policy only decides how threads wait). Nothing is set for 1-thread
+    workers (no OpenMP team) or when the driver's environment chooses a policy itself (OMP_WAIT_POLICY,
+    GOMP_SPINCOUNT, KMP_BLOCKTIME)."""
+    if threads <= 1 or any(v in os.environ for v in _OMP_POLICY_VARS):
+        return {}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
+
 
 @dataclass(frozen=True)
 class TrialRef:
@@ -73,7 +91,8 @@ class EvalWorker:
             os._exit(1)
         path = example_file(self.out_dir, unit.trial_id, unit.attack.label, unit.eps, unit.shard)
         write_atomic(table, path, self.sweep_id)
-        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid()}
+        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid(),
+                "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[AttackConfig], n: int,
@@ -88,10 +107,11 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
              x: np.ndarray, y: np.ndarray, index: np.ndarray, *, shard_size: int, batch_size: int, base_seed: int,
              num_workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
              source_checkpoints: dict[str, str] | None = None, progress: Callable[[Unit, dict], None] | None = None,
-             crash_marker: str | None = None) -> dict[str, int]:
+             crash_marker: str | None = None, worker_env: dict[str, str] | None = None) -> dict[str, int]:
     """Run every pending unit on a pool of actors; returns counts. Ray must be initialised by the caller.
 
-    `source_checkpoints` maps an attack label to the checkpoint it crafts on (transfer attacks)."""
+    `source_checkpoints` maps an attack label to the checkpoint it crafts on (transfer attacks). `worker_env`:
+    environment variables of the worker processes (added to the job's runtime_env); None: `default_worker_env`."""
     import ray
 
     out_dir = str(Path(out_dir).resolve())
@@ -105,11 +125,13 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         slots = res.get("GPU", 0) / gpus_per_worker if gpus_per_worker else res.get("CPU", 1) / cpus_per_worker
         num_workers = max(1, int(slots))
     num_workers = min(num_workers, len(todo))
-    Actor = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)
+    threads = int(max(1, cpus_per_worker))
+    env = default_worker_env(threads) if worker_env is None else dict(worker_env)
+    Actor = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
+                                           **({"runtime_env": {"env_vars": env}} if env else {}))
 
     def new_actor():
-        return Actor.remote(out_dir, sweep_id, int(max(1, cpus_per_worker)), gpus_per_worker > 0,
-                            crash_marker=crash_marker)
+        return Actor.remote(out_dir, sweep_id, threads, gpus_per_worker > 0, crash_marker=crash_marker)
 
     # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
