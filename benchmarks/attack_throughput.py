@@ -14,10 +14,12 @@ per-example outcomes of (a), (b) and (c) are comparable one by one. Each configu
 order a b c, c b a, a b c, ... (so that a drift in the machine's background load does not favour one of them); the
 tables give the median time and the ratios with their min–max over rounds.
 
-Inner loop (one process, --threads threads unless stated, one batch of --batch examples, PGD-20, the same seed):
-torchattacks.PGD vs advsweep `pgd` vs + frozen parameters vs + channels-last vs + torch.compile (compile time apart)
-vs a 2× batch vs 1 thread. Each variant is timed in rounds interleaved with the torchattacks baseline; its ratio is
-the baseline's time over its own in the same round. Its adversarial images are compared with torchattacks' bit for bit.
+Inner loop (one process, one batch of --batch examples, PGD---inner-steps (10) with step 2.5ε/steps, the same
+seed): torchattacks.PGD vs advsweep `pgd` vs + frozen weights vs + channels-last vs a 2× batch (whose first half is
+the batch) vs + torch.compile (cold compile time apart, in an empty inductor cache) at --threads threads, and
+torchattacks / advsweep at 1 thread. All variants run once per round (order reversed every other round); a
+variant's ratio is torchattacks' time per example over its own in the same round. Adversarial images are compared
+with torchattacks' bit for bit.
 
 FLOPs: torch.utils.flop_counter.FlopCounterMode over one forward + input-gradient step (per example); achieved
 GFLOP/s = useful FLOPs (steps × step FLOPs, + 2 forwards for the clean/adversarial predictions of (a)–(c)) / time.
@@ -25,7 +27,7 @@ Peak: float32 sgemm (2048², --threads threads, and 1 thread), sampled several t
 
 OpenMP: by default this process and its Ray workers run with OMP_WAIT_POLICY=PASSIVE (--omp-wait-policy), so that
 (a), (b) and (c) share one threading setting; the probe measures the plain loop again in fresh processes with the
-OpenMP default policy and with PASSIVE (on a shared machine the default can be an order of magnitude slower).
+OpenMP default policy and with PASSIVE (on a busy machine the default was 5-6x slower at 2 threads; on a quiet one PASSIVE cost ~7 %).
 
 Usage: python benchmarks/attack_throughput.py [--n 256] [--models resnet,odenet] [--out results.json]
 """
@@ -334,7 +336,8 @@ def run_inner(model, xb, yb, eps, steps, alpha, seed, threads, rounds, do_compil
         gflops = flops_step * steps * n / t / 1e9
         ratios = [(tb / nb) / (tk / n) for tb, tk in zip(times[base], times[k])]
         res[k] = {"examples_per_s": n / t, "seconds": spread(times[k]), "examples": n, "threads": th,
-                  "speedup_vs_torchattacks": spread(ratios), "gflops": gflops, "pct_of_peak": 100 * gflops / peak.best(th),
+                  "speedup_vs_torchattacks": spread(ratios), "gflops": gflops,
+                  "pct_of_peak": 100 * gflops / peak.best(th),
                   "examples_differing_from_torchattacks": int((outs[k] != ref).flatten(1).any(1).sum()),
                   "max_abs_diff": float((outs[k] - ref).abs().max())}
     return res, compile_s
@@ -401,7 +404,7 @@ def main(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     names = [m for m in args.models.split(",") if m]
-    compile_for = set(names) if args.compile == "all" else set() if args.compile == "none" else set(args.compile.split(","))
+    compile_for = {"all": set(names), "none": set()}.get(args.compile, set(args.compile.split(",")))
     if args.odenet_solver != "rk4":
         MODELS["odenet"] = ("odenet", {"width": 32, "solver": args.odenet_solver})
     data = load_dataset("fashion-mnist")
@@ -476,7 +479,7 @@ def main(args: argparse.Namespace) -> None:
             log(f"[{name}] inner-loop variants ...")
             res, compile_s = run_inner(model, x[:args.batch], y[:args.batch], args.eps, args.inner_steps,
                                        2.5 * args.eps / args.inner_steps,
-                                       Unit_seed(name, attack_cfg, args.eps, args.seed), args.threads,
+                                       unit0_seed(name, attack_cfg, args.eps, args.seed), args.threads,
                                        args.inner_rounds, name in compile_for, fl["step"], peak)
             R["inner_loop"] = res
             R["compile_seconds"] = compile_s
@@ -499,7 +502,7 @@ def main(args: argparse.Namespace) -> None:
     log(f"wrote {args.out} ({results['total_seconds']:.0f}s in all)")
 
 
-def Unit_seed(trial_id, attack_cfg, eps, base_seed):
+def unit0_seed(trial_id, attack_cfg, eps, base_seed):
     from advsweep.evaluation.units import Unit
 
     return Unit(trial_id, attack_cfg, eps, 0).seed(base_seed)
@@ -512,9 +515,10 @@ def _r(s):
 def markdown(results, args) -> str:
     pk = results["peak_sgemm"]
     t = args.threads
-    lines = [f"PGD-ℓ∞ {args.steps} steps (ε={args.eps}, α=2.5ε/steps, random start), Fashion-MNIST test, n={args.n}, "
-             f"batch {args.batch}, shard {args.shard}, {t}-thread budget, OMP_WAIT_POLICY="
-             f"{results['machine']['omp_wait_policy']}; sgemm 2048² peak {pk[f'{t}_threads']['best_gflops']:.1f} GFLOP/s "
+    lines = [f"PGD-ℓ∞ {args.steps} steps (ε={args.eps}, α=2.5ε/steps, random start), Fashion-MNIST test, "
+             f"n={args.n}, batch {args.batch}, shard {args.shard}, {t}-thread budget, OMP_WAIT_POLICY="
+             f"{results['machine']['omp_wait_policy']}; sgemm 2048² peak "
+             f"{pk[f'{t}_threads']['best_gflops']:.1f} GFLOP/s "
              f"({t} threads; median {pk[f'{t}_threads']['median_gflops']:.1f}), {pk['1_threads']['best_gflops']:.1f} "
              f"GFLOP/s (1 thread); load average {results['machine']['loadavg_start'][0]:.1f} at the start, "
              f"{results['machine']['loadavg_end'][0]:.1f} at the end.", ""]
@@ -533,8 +537,8 @@ def markdown(results, args) -> str:
     lines += ["", "Engine start-up = wall time − the busiest worker's unit time (actor processes, imports, model "
                   "loading, scheduling); 'without start-up' divides by the busiest worker's unit time instead. GFLOP/s "
                   f"and % of peak (the {t}-thread sgemm peak) use the wall time.", "",
-              f"Inner loop (one process, one batch of {args.batch}, PGD-{args.inner_steps}; ratio = torchattacks time per "
-              "example / the variant's, in the same round; % of peak against the sgemm peak at the variant's "
+              f"Inner loop (one process, one batch of {args.batch}, PGD-{args.inner_steps}; ratio = torchattacks time "
+              "per example / the variant's, in the same round; % of peak against the sgemm peak at the variant's "
               "thread count):", "",
               "| model | variant | threads | examples/s | vs torchattacks: median (min–max) | GFLOP/s | % of peak "
               "| examples ≠ torchattacks (max abs diff) |", "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -557,7 +561,8 @@ def markdown(results, args) -> str:
             if "error" in r:
                 lines.append(f"| {pol} | error: {r['error']} | |")
             else:
-                lines.append(f"| {pol} | {r[f'{t}_threads_examples_per_s']:.1f} | {r['1_threads_examples_per_s']:.1f} |")
+                two, one = r[f"{t}_threads_examples_per_s"], r["1_threads_examples_per_s"]
+                lines.append(f"| {pol} | {two:.1f} | {one:.1f} |")
     lines += ["", "FLOPs per example (FlopCounterMode): " + "; ".join(
         f"{n}: forward {R['flops_per_example']['forward'] / 1e6:.1f} M, forward + input gradient "
         f"{R['flops_per_example']['step'] / 1e6:.1f} M (trained {R['train_seconds']:.0f} s, clean accuracy "
