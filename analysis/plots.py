@@ -10,6 +10,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def _save(fig, ax, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
     """All trials as points (colour = model family, label = trial index and recipe) with 95 % Wilson intervals on
     both axes; the front as a step line."""
@@ -33,12 +42,7 @@ def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
     ax.set_xlabel("natural accuracy")
     ax.set_ylabel(f"robust accuracy ({attack}, ε = {eps:g})")
     ax.set_title(f"Trade-off frontier: {attack} at ε = {eps:g}  (95 % Wilson CIs)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_curves(g: pd.DataFrame, attack: str, measure: str, path: Path) -> Path:
@@ -54,9 +58,4 @@ def plot_curves(g: pd.DataFrame, attack: str, measure: str, path: Path) -> Path:
     ax.set_ylabel("robust accuracy")
     ax.set_title(f"Accuracy vs ε from {attack} minimal perturbations (95 % Wilson bands)")
     ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
