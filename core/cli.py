@@ -32,9 +32,19 @@ def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None
         s = load_spec(spec)
     except SpecError as exc:
         _fail(exc)
+    if s.searched:
+        from advsweep.spec import describe_space
+
+        srch = s.raw.search
+        typer.echo(f"{s.name}: {srch.algorithm} samples {srch.num_samples} trials (maximising "
+                   f"{', '.join(srch.objectives)}), {len(s.raw.attacks)} attack configurations")
+        for line in describe_space(s.raw):
+            typer.echo(line)
+        return
     typer.echo(f"{s.name}: {len(s.trials)} trials, {len(s.raw.attacks)} attack configurations")
     for t in s.trials:
-        typer.echo(f"  [{t.index:03d}] {t.model} recipe={t.training.recipe} epochs={t.training.epochs}")
+        typer.echo(f"  [{t.index:03d}] {t.model} recipe={t.training.recipe} epochs={t.training.epochs} "
+                   f"seed={t.seed} config={t.config_id}")
 
 
 @app.command()

@@ -4,9 +4,14 @@ A spec names things (dataset, models, recipes, attacks); the registries resolve 
 in place of a value as a one-key mapping:
     {grid: [a, b]}               every value (cartesian product with the family's other grid axes)
     {choice: [a, b]}             one value drawn per sample
-    {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]}
-Random axes are drawn `samples` times per grid point with a generator seeded by the spec's `seed`, so a spec always
-expands to the same trial list (recorded in the trials table). Any error names the field: `trials[1].model.solver: …`.
+    {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]}   (randint: an integer lo ≤ k ≤ hi, both ends
+                                 included, as in Optuna's suggest_int; unlike numpy's and Tune's randint)
+With `search.algorithm: grid` (the default), random axes are drawn `samples` times per grid point with a generator
+seeded by the spec's `seed`, so a spec always expands to the same trial list (recorded in the trials table);
+`random` draws `search.num_samples` configurations up front the same way; `tpe`/`nsga2` leave the sampling to Optuna
+(advsweep.sweep.search), and the spec only validates the space. Seed policy: a trial's training seed is its
+replicate seed (`seeds:` / `replicates:` on a family, else the spec's `seed`), never its position in the list, so
+two trials differ in seed only when they are replicates. Any error names the field: `trials[1].model.solver: …`.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from advsweep.registry import SpecError
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+RANDOM_KINDS = ("choice", "uniform", "loguniform", "randint")
+ALGORITHMS = ("grid", "random", "tpe", "nsga2")
+OPTUNA_ALGORITHMS = ("tpe", "nsga2")  # sampled by Optuna while the sweep runs; grid/random expand up front
+OBJECTIVES = ("val_acc", "val_robust_acc")  # what every trial reports each epoch (val_robust_acc needs `monitor`)
 Eps = confloat(ge=0.0, le=1.0)
 NonNegative = confloat(ge=0.0)
 
@@ -107,6 +116,24 @@ class FamilySpec(_Strict):
     model: dict[str, Any]
     training: dict[str, Any] = Field(default_factory=dict)
     samples: PositiveInt = 1
+    seeds: list[int] | None = None  # training seeds: every configuration is trained once per seed
+    replicates: PositiveInt | None = None  # = seeds [seed, seed + 1, ..., seed + replicates - 1]
+
+
+class SearchSpec(_Strict):
+    """How the trials are chosen: grid/random expand up front; tpe/nsga2 ask Optuna while the sweep runs."""
+
+    algorithm: Literal["grid", "random", "tpe", "nsga2"] = "grid"
+    num_samples: PositiveInt | None = None  # random/tpe/nsga2: trials to run (grid: every combination)
+    max_concurrent: PositiveInt | None = None  # trials in flight (default resources.max_concurrent)
+    seed: int | None = None  # sampler seed (default: the spec's seed)
+    objective: str | list[str] = "val_robust_acc"  # one metric, or two for a front; always maximised
+    startup_trials: PositiveInt | None = None  # tpe: random trials before the model is used (Optuna's default 10)
+    population_size: int | None = Field(default=None, ge=2)  # nsga2: generation size (Optuna's default 50)
+
+    @property
+    def objectives(self) -> list[str]:
+        return [self.objective] if isinstance(self.objective, str) else list(self.objective)
 
 
 class RawSpec(_Strict):
@@ -120,30 +147,43 @@ class RawSpec(_Strict):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
 
 
 class TrialConfig(_Strict):
     """One concrete trial: what a Tune trial receives (as a plain dict) and what the trials table records."""
 
     family: int
-    index: int  # position in the expanded trial list
+    index: int  # position in the expanded trial list (searched sweeps: order of creation)
     model: dict[str, Any]
     training: TrainingSpec
+    seed: int = 0  # training seed (the replicate seed)
 
     def flat(self) -> dict[str, Any]:
         """Config fields as `model.width`, `training.lr`, `training.recipe.beta`, ... (lists kept as lists)."""
         return flatten({"model": self.model, "training": self.training.model_dump()})
 
+    @property
+    def config_id(self) -> str:
+        """Hash of what was trained, less the seed (and index, family): shared by the replicates of a config."""
+        body = json.dumps({"model": self.model, "training": self.training.model_dump()}, sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
 
 class Spec(BaseModel):
     raw: RawSpec
-    trials: list[TrialConfig]
+    trials: list[TrialConfig]  # the expanded trial list (grid/random); empty for tpe/nsga2, which sample as they run
     source: str  # YAML text as given
     digest: str
+    probes: list[TrialConfig] = Field(default_factory=list)  # tpe/nsga2: configs validated at spec time
 
     @property
     def name(self) -> str:
         return self.raw.name
+
+    @property
+    def searched(self) -> bool:
+        return self.raw.search.algorithm in OPTUNA_ALGORITHMS
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -195,6 +235,8 @@ def _check_axis(field: str, kind: str, values: Any) -> None:
             raise SpecError(field, f"{kind} needs [low, high] with low < high")
         if kind == "loguniform" and values[0] <= 0:
             raise SpecError(field, "loguniform needs low > 0")
+        if kind == "randint" and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise SpecError(field, "randint needs integer [low, high] (both included)")
 
 
 def _draw(kind: str, values: list, rng: np.random.Generator) -> Any:
@@ -208,11 +250,17 @@ def _draw(kind: str, values: list, rng: np.random.Generator) -> Any:
     return int(rng.integers(int(lo), int(hi) + 1))
 
 
-def expand_family(fam: FamilySpec, index: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    body = {"model": fam.model, "training": fam.training}
-    axes = _axes(body, ())
+def family_axes(fam: FamilySpec, index: int) -> list[tuple[tuple, str, Any]]:
+    """The family's axes as (path, kind, values), each checked; paths run from {"model": …, "training": …}."""
+    axes = _axes({"model": fam.model, "training": fam.training}, ())
     for path, kind, values in axes:
         _check_axis(_field(f"trials[{index}]", path), kind, values)
+    return axes
+
+
+def expand_family(fam: FamilySpec, index: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    body = {"model": fam.model, "training": fam.training}
+    axes = family_axes(fam, index)
     grid = [a for a in axes if a[1] == "grid"]
     rand = [a for a in axes if a[1] != "grid"]
     out = []
@@ -227,7 +275,119 @@ def expand_family(fam: FamilySpec, index: int, rng: np.random.Generator) -> list
     return out
 
 
-def _validated_trial(cfg: dict[str, Any], family: int, index: int, data_channels_ok: bool = True) -> TrialConfig:
+def draw_config(fam: FamilySpec, index: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One random configuration of a family: grid axes are drawn like `choice` (search.algorithm: random)."""
+    cfg = copy.deepcopy({"model": fam.model, "training": fam.training})
+    for path, kind, values in family_axes(fam, index):
+        _set(cfg, path, _draw("choice" if kind == "grid" else kind, values, rng))
+    return cfg
+
+
+def probe_configs(fam: FamilySpec, index: int) -> list[dict[str, Any]]:
+    """Configurations that together take every grid/choice value and both ends of every range, each against a base
+    of first values and low ends: validating them checks every value the search can choose (not their
+    combinations, which are checked again when sampled)."""
+    body = {"model": fam.model, "training": fam.training}
+    axes = family_axes(fam, index)
+    base = copy.deepcopy(body)
+    for path, kind, values in axes:
+        _set(base, path, copy.deepcopy(values[0]))
+    out = [base]
+    for path, kind, values in axes:
+        for v in values[1:]:  # grid/choice: the other values; ranges: the high end
+            cfg = copy.deepcopy(base)
+            _set(cfg, path, copy.deepcopy(v))
+            out.append(cfg)
+    return out
+
+
+def family_seeds(fam: FamilySpec, index: int, base_seed: int) -> list[int]:
+    """Training seeds of a family's configurations: `seeds`, or `replicates` consecutive seeds from the spec's seed,
+    or the spec's seed alone."""
+    where = f"trials[{index}]"
+    if fam.seeds is not None and fam.replicates is not None:
+        raise SpecError(f"{where}.replicates", "give seeds or replicates, not both")
+    if fam.seeds is not None:
+        if not fam.seeds:
+            raise SpecError(f"{where}.seeds", "empty list; give at least one seed or leave the field out")
+        repeated = sorted({s for s in fam.seeds if fam.seeds.count(s) > 1})
+        if repeated:
+            raise SpecError(f"{where}.seeds", f"seed {repeated[0]} repeated; replicates need distinct seeds")
+        return list(fam.seeds)
+    if fam.replicates is not None:
+        return [base_seed + k for k in range(fam.replicates)]
+    return [base_seed]
+
+
+def _check_family(fam: FamilySpec, index: int, algorithm: str) -> None:
+    where = f"trials[{index}]"
+    if "samples" in fam.model_fields_set:
+        if algorithm != "grid":
+            raise SpecError(f"{where}.samples", f"search.algorithm {algorithm} draws search.num_samples "
+                                                "configurations; samples (draws per grid point) is for grid")
+        if not any(kind in RANDOM_KINDS for _, kind, _ in family_axes(fam, index)):
+            raise SpecError(f"{where}.samples", "the family has no random axis (choice, uniform, loguniform, randint), "
+                                                "so samples would draw nothing; use seeds/replicates for repeats")
+    if algorithm in OPTUNA_ALGORITHMS and (fam.seeds is not None or fam.replicates is not None):
+        field = "seeds" if fam.seeds is not None else "replicates"
+        raise SpecError(f"{where}.{field}", f"replicates need search.algorithm grid or random; under {algorithm} "
+                                            "one Optuna trial is one training run")
+
+
+def _check_search(raw: RawSpec) -> None:
+    s = raw.search
+    alg = s.algorithm
+    if alg in OPTUNA_ALGORITHMS or "objective" in s.model_fields_set:
+        objs = s.objectives
+        if not 1 <= len(objs) <= 2:
+            raise SpecError("search.objective", f"one metric or two (a natural-vs-robust front), not {len(objs)}")
+        for o in objs:
+            if o not in OBJECTIVES:
+                raise SpecError("search.objective", f"{o!r} is not reported by the trials; reported: "
+                                                    f"{', '.join(OBJECTIVES)}")
+        if len(set(objs)) < len(objs):
+            raise SpecError("search.objective", f"{objs[0]!r} repeated; give two different metrics")
+        if "val_robust_acc" in objs and raw.monitor is None:
+            raise SpecError("search.objective", "val_robust_acc is reported only with a `monitor` section")
+        if alg == "nsga2" and len(objs) < 2:
+            raise SpecError("search.objective", "nsga2 is multi-objective: give two metrics, "
+                                                "e.g. [val_acc, val_robust_acc] (or use tpe for one)")
+    if alg == "grid" and s.num_samples is not None:
+        raise SpecError("search.num_samples", "grid runs every combination; num_samples is for random, tpe and nsga2")
+    if alg != "grid" and s.num_samples is None:
+        raise SpecError("search.num_samples", f"{alg} needs the number of trials to run")
+    if s.startup_trials is not None and alg != "tpe":
+        raise SpecError("search.startup_trials", f"only tpe has startup trials, not {alg}")
+    if s.population_size is not None and alg != "nsga2":
+        raise SpecError("search.population_size", f"only nsga2 has a population size, not {alg}")
+
+
+def expand_trials(raw: RawSpec) -> tuple[list[TrialConfig], list[TrialConfig]]:
+    """(trials, probes): grid/random give the trial list (each configuration once per seed, replicates adjacent);
+    tpe/nsga2 give the validated probes of their space instead."""
+    alg = raw.search.algorithm
+    for f, fam in enumerate(raw.trials):
+        _check_family(fam, f, alg)
+    rng = np.random.default_rng(raw.search.seed if raw.search.seed is not None else raw.seed)
+    if alg in OPTUNA_ALGORITHMS:
+        probes = [_validated_trial(cfg, f, 0, seed=raw.seed) for f, fam in enumerate(raw.trials)
+                  for cfg in probe_configs(fam, f)]
+        return [], probes
+    if alg == "grid":
+        drawn = [(f, cfg) for f, fam in enumerate(raw.trials) for cfg in expand_family(fam, f, rng)]
+    else:
+        drawn = []
+        for _ in range(raw.search.num_samples):
+            f = int(rng.integers(len(raw.trials)))
+            drawn.append((f, draw_config(raw.trials[f], f, rng)))
+    trials: list[TrialConfig] = []
+    for f, cfg in drawn:
+        for seed in family_seeds(raw.trials[f], f, raw.seed):
+            trials.append(_validated_trial(cfg, f, len(trials), seed=seed))
+    return trials, []
+
+
+def _validated_trial(cfg: dict[str, Any], family: int, index: int, seed: int = 0) -> TrialConfig:
     from advsweep.models import MODELS
     from advsweep.training import PENALTIES, RECIPES
 
@@ -254,7 +414,7 @@ def _validated_trial(cfg: dict[str, Any], family: int, index: int, data_channels
             raise SpecError(f"{where}.training.penalties[{j}].name", "missing")
         pens.append({"name": pname, **PENALTIES.validate(pname, pen, f"{where}.training.penalties[{j}]")})
     training.penalties = pens
-    return TrialConfig(family=family, index=index, model=model, training=training)
+    return TrialConfig(family=family, index=index, model=model, training=training, seed=seed)
 
 
 def _validate_attacks(attacks: list[AttackSpec]) -> None:
@@ -298,15 +458,22 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
 
     DATASETS.get(raw.data.dataset, "data.dataset")
     _validate_attacks(raw.attacks)
-    rng = np.random.default_rng(raw.seed)
-    trials: list[TrialConfig] = []
-    for f, fam in enumerate(raw.trials):
-        for cfg in expand_family(fam, f, rng):
-            trials.append(_validated_trial(cfg, f, len(trials)))
+    _check_search(raw)
+    trials, probes = expand_trials(raw)
     if raw.scheduler.type == "asha" and raw.monitor is None and raw.scheduler.metric.startswith("val_robust"):
         raise SpecError("scheduler.metric", "val_robust_acc needs a `monitor` section")
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Spec(raw=raw, trials=trials, source=text, digest=digest)
+    return Spec(raw=raw, trials=trials, source=text, digest=digest, probes=probes)
+
+
+def describe_space(raw: RawSpec) -> list[str]:
+    """One line per family: its fixed model name and recipe, and its axes."""
+    lines = []
+    for f, fam in enumerate(raw.trials):
+        axes = ", ".join(f"{_field('', p).lstrip('.')}={kind}{json.dumps(v)}" for p, kind, v in family_axes(fam, f))
+        lines.append(f"  family {f}: model={fam.model.get('name')} recipe={fam.training.get('recipe', {'name': 'natural'})}"
+                     f" axes: {axes or 'none'}")
+    return lines
 
 
 class SuiteSpec(_Strict):

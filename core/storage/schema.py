@@ -71,6 +71,8 @@ TRIAL_FIXED = pa.schema([
     ("trial_id", pa.string()),
     ("trial_index", pa.int32()),
     ("family", pa.int32()),
+    ("seed", pa.int64()),              # training seed (the replicate seed; see the README's seed policy)
+    ("config_id", pa.string()),        # hash of the configuration less the seed: shared by its replicates
     ("model_name", pa.string()),
     ("status", pa.string()),           # completed | early_stopped | error
     ("epochs_completed", pa.int32()),

@@ -15,7 +15,7 @@ import pyarrow as pa
 from advsweep.storage.schema import SCHEMA_VERSION
 from advsweep.data import load_dataset, stratified_subset
 from advsweep.registry import SpecError
-from advsweep.spec import Spec
+from advsweep.spec import Spec, TrialConfig
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import write_atomic
 from advsweep.storage.tracking import CLIENT_ENV, SweepTracker, resolve_tracking_uri
@@ -90,6 +90,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from advsweep.sweep.search import build_search, trial_name
     from advsweep.sweep.trainable import train_trial
 
     out = Path(out_dir).resolve()
@@ -99,10 +100,11 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.yaml").write_text(spec.source)
     uri = resolve_tracking_uri(mlflow_uri, out)
+    plan = build_search(spec, out, sweep_id)  # tpe/nsga2: creates the Optuna study in out/optuna.db
     manifest = {
         "sweep_id": sweep_id, "schema_version": SCHEMA_VERSION, "name": spec.name, "spec_digest": spec.digest,
         "started": datetime.now(timezone.utc).isoformat(), "status": "running", "mlflow_uri": uri,
-        "versions": package_versions(), "n_trials": len(spec.trials),
+        "versions": package_versions(), "n_trials": plan.n_trials, "search": plan.manifest,
         "data": {"dataset": spec.raw.data.dataset, "seed": spec.raw.data.seed,
                  "n_train": int(len(data["y_train"])), "n_val": int(len(data["y_val"])),
                  "n_test": int(len(data["y_test"]))},
@@ -113,7 +115,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
 
     tracker = SweepTracker(uri, sweep_id, out)
     experiment_id, parent_run_id = tracker.start(out / "spec.yaml", {
-        "spec_name": spec.name, "spec_digest": spec.digest, "n_trials": len(spec.trials),
+        "spec_name": spec.name, "spec_digest": spec.digest, "n_trials": plan.n_trials,
         "dataset": spec.raw.data.dataset, **{f"data.{k}": v for k, v in manifest["data"].items()}})
     manifest.update(experiment_id=experiment_id, parent_run_id=parent_run_id)
     _write_manifest(out, manifest)
@@ -127,7 +129,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         "monitor": raw.monitor.model_dump() if raw.monitor else None, "eval": raw.eval.model_dump(),
         "attacks": [{"label": a.label, "name": a.name, "eps": list(a.eps), "options": a.options} for a in raw.attacks],
     }
-    max_epochs = max(t.training.epochs for t in spec.trials)
+    max_epochs = plan.max_epochs
     if raw.scheduler.type == "asha":
         scheduler = ASHAScheduler(metric=raw.scheduler.metric, mode=raw.scheduler.mode, max_t=max_epochs,
                                   grace_period=raw.scheduler.grace_period,
@@ -136,15 +138,14 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         scheduler = FIFOScheduler()
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx, data=data),
                                     {"cpu": raw.resources.cpu, "gpu": raw.resources.gpu})
-    configs = [t.model_dump() for t in spec.trials]
-    names = {t.index: f"{t.index:03d}-{t.model['name']}" for t in spec.trials}
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(configs)},
+        param_space=plan.param_space,
         tune_config=tune.TuneConfig(
-            scheduler=scheduler, max_concurrent_trials=raw.resources.max_concurrent,
-            trial_name_creator=lambda t: names[t.config["trial"]["index"]],
-            trial_dirname_creator=lambda t: f"{names[t.config['trial']['index']]}-{t.trial_id}",
+            scheduler=scheduler, max_concurrent_trials=plan.max_concurrent,
+            search_alg=plan.search_alg, num_samples=plan.num_samples,
+            trial_name_creator=lambda t: trial_name(t.config),
+            trial_dirname_creator=lambda t: f"{trial_name(t.config)}-{t.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=sweep_id, storage_path=str(out / "ray"), verbose=1,
@@ -184,9 +185,8 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 def _collect(results, spec: Spec, sweep_id: str, wall: float) -> tuple[list[dict], list[dict]]:
     versions = package_versions()
     trial_rows, epoch_rows = [], []
-    by_index = {t.index: t for t in spec.trials}
     for res in results:
-        cfg = by_index[res.config["trial"]["index"]]
+        cfg = TrialConfig.model_validate(res.config["trial"])
         m = res.metrics or {}
         df = res.metrics_dataframe
         trial_id = m.get("trial_id") or (str(df["trial_id"].iloc[-1]) if df is not None and len(df) else res.path.rsplit("-", 1)[-1])
@@ -203,7 +203,8 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float) -> tuple[list[dict
                 })
         trial_rows.append({
             "schema_version": SCHEMA_VERSION, "sweep_id": sweep_id, "trial_id": trial_id, "trial_index": cfg.index,
-            "family": cfg.family, "model_name": cfg.model["name"], "status": status,
+            "family": cfg.family, "seed": cfg.seed, "config_id": cfg.config_id,
+            "model_name": cfg.model["name"], "status": status,
             "epochs_completed": int(m.get("epoch", 0)), "epochs_planned": cfg.training.epochs,
             "n_test": m.get("n_test"), "natural_acc": _f(m.get("natural_acc")),
             "natural_ci_low": _f(m.get("natural_ci_low")), "natural_ci_high": _f(m.get("natural_ci_high")),

@@ -44,10 +44,6 @@ def build_trainer(cfg: TrialConfig, meta: dict[str, int], seed: int, device: tor
     return Trainer(model, recipe, penalties, optim, t.epochs, t.batch_size, t.augment, seed, device)
 
 
-def trial_seed(base: int, index: int) -> int:
-    return base * 100_003 + index
-
-
 def _val_metrics(model, x_val, y_val, monitor, batch_size, device, seed) -> dict[str, float]:
     model.eval()
     reset_nfe(model)
@@ -73,7 +69,7 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
     trial_id, trial_name = tctx.get_trial_id(), tctx.get_trial_name()
     torch.set_num_threads(max(1, int(ctx["cpu"])))
     device = torch.device("cuda" if ctx["gpu"] > 0 and torch.cuda.is_available() else "cpu")
-    seed = trial_seed(ctx["seed"], cfg.index)
+    seed = cfg.seed  # the replicate seed only: trials differ in seed only when they are replicates
     meta = {k: int(data[k]) for k in ("channels", "num_classes", "image_size")}
     trainer = build_trainer(cfg, meta, seed, device)
     model = trainer.model
