@@ -302,3 +302,67 @@ def test_nsga2_sweep_completes_and_stores_study(tmp_path, ray_local, fashion_ava
         assert TrialConfig.model_validate_json(r.config_json).config_id == r.config_id
     manifest = json.loads((result.out_dir / "sweep.json").read_text())
     assert manifest["search"]["sampler"] == "NSGAIISampler" and manifest["n_trials"] == 4
+
+
+@pytest.mark.slow
+def test_tpe_sweep_restored_with_tuner_restore_continues_search(tmp_path, ray_local, fashion_available):
+    """Interrupt a tpe sweep's driver (SIGINT) after two trials, then `Tuner.restore` the experiment: the search
+    continues to num_samples with the restored searcher and study, and the finished trials are not run again."""
+    import os
+    import signal
+    import time
+
+    from ray import tune
+
+    from advsweep.sweep.driver import prepare_data
+    from advsweep.sweep.trainable import train_trial
+
+    text = spec("search: {algorithm: tpe, num_samples: 4, max_concurrent: 1, objective: [val_acc, val_robust_acc], "
+                "startup_trials: 2}")
+    out = tmp_path / "sweep"
+    script = f"from advsweep.spec import parse_spec\nfrom advsweep.sweep.driver import run_sweep\n" \
+             f"run_sweep(parse_spec({text!r}), {str(out)!r}, make_plots=False)\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            time.sleep(1)
+            if (out / "sweep.json").exists() and (out / "optuna.db").exists():
+                done = [t for t in _study(out).trials if t.state == TrialState.COMPLETE]
+                if len(done) >= 2:
+                    break
+        assert len(done) >= 2, "the first two trials did not finish in time"
+        interrupted = time.time()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    study = _study(out)
+    finished_before = {t.user_attrs["ray_trial_id"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(study.trials) < 4 or any(t.state != TrialState.COMPLETE for t in study.trials), \
+        "the interrupt came too late to test a restore"
+
+    # The trainable exactly as the driver builds it, from what the sweep recorded.
+    manifest = json.loads((out / "sweep.json").read_text())
+    s = parse_spec((out / "spec.yaml").read_text())
+    raw = s.raw
+    ctx = {"sweep_id": manifest["sweep_id"], "out_dir": str(out), "mlflow_uri": manifest["mlflow_uri"],
+           "experiment_id": manifest["experiment_id"], "parent_run_id": manifest["parent_run_id"], "seed": raw.seed,
+           "cpu": raw.resources.cpu, "gpu": raw.resources.gpu, "monitor": raw.monitor.model_dump(),
+           "eval": raw.eval.model_dump(), "attacks": []}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx, data=prepare_data(s)), {"cpu": 1})
+    exp = out / "ray" / manifest["sweep_id"]
+    assert tune.Tuner.can_restore(str(exp))
+    results = tune.Tuner.restore(str(exp), trainable=trainable).fit()
+
+    assert len(results) == 4 and not results.errors
+    assert sorted(r.config["trial"]["index"] for r in results) == [0, 1, 2, 3]
+    study = _study(out)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
+    assert len({t.user_attrs["ray_trial_id"] for t in study.trials if t.state == TrialState.COMPLETE}) == 4
+    for r in results:
+        if r.metrics["trial_id"] in finished_before:  # not run again: two epochs reported, all before the interrupt
+            df = r.metrics_dataframe
+            assert list(df["epoch"]) == [1, 2] and df["timestamp"].max() <= interrupted
