@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: install data quickstart test bench clean
+.PHONY: install data quickstart test bench bench-search clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/attack_throughput.py
+
+bench-search: install   # ~30 min on 2 busy cores: grid, tpe and nsga2 sweeps, then a tabular replay
+	$(VENV)/bin/python benchmarks/search_efficiency.py
 
 clean:
 	rm -rf runs .pytest_cache
