@@ -102,7 +102,7 @@ def replay(algorithm: str, raw_text: str, table: dict[str, tuple[float, float]],
     """One searcher run against the grid's table: the (val_acc, val_robust_acc) of each trial, in order."""
     import optuna
 
-    from advsweep.spec import parse_spec
+    from advsweep.spec import TrialConfig, parse_spec
     from advsweep.sweep.search import SpecSpace, make_sampler
 
     spec = parse_spec(raw_text.replace("seed: 0, objective", f"seed: {seed}, objective"))
@@ -113,8 +113,6 @@ def replay(algorithm: str, raw_text: str, table: dict[str, tuple[float, float]],
     for _ in range(budget):
         trial = study.ask()
         cfg = space(trial)["trial"]
-        from advsweep.spec import TrialConfig
-
         values = table[TrialConfig.model_validate(cfg).config_id]
         study.tell(trial, list(values))
         out.append(values)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search.optuna import OptunaSearch
+
 from advsweep.registry import SpecError
 from advsweep.spec import OPTUNA_ALGORITHMS, RawSpec, Spec, _field, _set, _validated_trial, family_axes
 
@@ -137,13 +139,7 @@ def suggest(trial, name: str, kind: str, values: list) -> Any:
     return trial.suggest_float(name, float(lo), float(hi), log=kind == "loguniform")
 
 
-def _optuna_search_class():
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch
-
-
-class StudySearch(_optuna_search_class()):
+class StudySearch(OptunaSearch):
     """OptunaSearch that tells Optuna only full-budget trials as COMPLETE, resamples invalid configurations and
     numbers trials in order of creation."""
 
