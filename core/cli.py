@@ -108,11 +108,11 @@ def eval_(
         sweep_dir = sweep_dir.resolve()
         manifest, data = load_sweep_data(sweep_dir)
         rows = trial_rows_from_table(sweep_dir)
-        check_evaluation(sweep_dir, rows, attack_configs(s.attacks))
+        skip = check_evaluation(sweep_dir, rows, attack_configs(s.attacks))
         init_ray(address, dict(CLIENT_ENV))
         counts = run_evaluation_stage(sweep_dir, manifest["sweep_id"], rows, attack_configs(s.attacks), data,
                                       s.eval.model_dump(), manifest.get("mlflow_uri"), s.resources.cpu,
-                                      s.resources.gpu, workers)
+                                      s.resources.gpu, workers, skip=skip)
     except SpecError as exc:
         _fail(exc)
     typer.echo(f"{counts['ran']} of {counts['units']} units run ({counts['resubmitted']} resubmitted); "

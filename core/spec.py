@@ -60,6 +60,8 @@ class AttackSpec(BaseModel):
     eps: list[NonNegative] = Field(default_factory=lambda: [0.0])  # ℓ∞ ε ≤ 1 is checked against the attack's norm
     # Transfer attacks: the trial (id, or index in the spec's trial list) whose model crafts the examples.
     source_trial: str | int | None = None
+    # Run only on these trials (ids, or indices in the spec's trial list); default: every completed trial.
+    trials: list[str | int] | None = Field(default=None, min_length=1)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -303,6 +305,10 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     for f, fam in enumerate(raw.trials):
         for cfg in expand_family(fam, f, rng):
             trials.append(_validated_trial(cfg, f, len(trials)))
+    for i, atk in enumerate(raw.attacks):
+        for j, t in enumerate(atk.trials or []):
+            if isinstance(t, int) and not 0 <= t < len(trials):
+                raise SpecError(f"attacks[{i}].trials[{j}]", f"trial index {t} is not in 0..{len(trials) - 1}")
     if raw.scheduler.type == "asha" and raw.monitor is None and raw.scheduler.metric.startswith("val_robust"):
         raise SpecError("scheduler.metric", "val_robust_acc needs a `monitor` section")
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

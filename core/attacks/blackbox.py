@@ -215,6 +215,10 @@ class Boundary(Attack):
         shape = (n, *x.shape[1:])
         return candidates.view(shape), spherical.view(shape), source_norms
 
+    @classmethod
+    def derives_eps(cls, options):
+        return not options.get("early_stop", False)  # the walk then does not depend on ε
+
     @torch.no_grad()
     def run(self, x, y):
         n, dev = len(x), x.device

@@ -36,8 +36,10 @@ def example_file(out_dir: str | Path, trial_id: str, attack: str, eps: float, sh
 
 
 def examples_table(rows: dict[str, Iterable[Any]]) -> pa.Table:
-    """Columns of the examples table except the hive partition keys."""
-    return pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in S.EXAMPLE_COLUMNS}, schema=S.EXAMPLE_COLUMNS)
+    """Columns of the examples table except the hive partition keys; a column left out is null (added later)."""
+    n = len(rows["example_index"])
+    return pa.table({f.name: pa.array(rows[f.name] if f.name in rows else [None] * n, type=f.type)
+                     for f in S.EXAMPLE_COLUMNS}, schema=S.EXAMPLE_COLUMNS)
 
 
 def _dataset(out_dir: str | Path, name: str, schema: pa.Schema, partitioning=None) -> ds.Dataset | None:
@@ -57,6 +59,11 @@ def read_examples(out_dir: str | Path, filter=None, columns: list[str] | None = 
 def read_robustness(out_dir: str | Path) -> pa.Table:
     d = _dataset(out_dir, "robustness", S.ROBUSTNESS)
     return d.to_table() if d is not None else S.ROBUSTNESS.empty_table()
+
+
+def read_skipped(out_dir: str | Path) -> pa.Table:
+    d = _dataset(out_dir, "skipped", S.SKIPPED)
+    return d.to_table() if d is not None else S.SKIPPED.empty_table()
 
 
 def read_epochs(out_dir: str | Path) -> pa.Table:

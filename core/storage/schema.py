@@ -6,12 +6,13 @@ Layout of a sweep directory:
     epochs/part-0.parquet            one row per trial × epoch
     examples/trial_id=T/attack=A/eps-E-shard-K.parquet    one row per trial × attack × ε × example (hive)
     robustness/part-0.parquet        aggregates per trial × attack × ε (incl. the per-example worst case "ensemble")
+    skipped/part-0.parquet           (trial, attack) pairs not run because the attack does not apply to the model
 """
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: examples.margin; robustness status/reason/success_rate/found_rate/mean_steps; skipped/
 ENSEMBLE = "ensemble"  # attack label of the per-example worst case over all attacks of one norm and ε
 
 # Hive partition keys of the examples table; stored in directory names, not in the files.
@@ -29,6 +30,7 @@ EXAMPLE_COLUMNS = pa.schema([
     ("clean_pred", pa.int32()),
     ("adv_pred", pa.int32()),
     ("robust", pa.bool_()),            # clean_pred == adv_pred == label
+    ("margin", pa.float32()),          # max_{j≠label} z_j − z_label at x_adv, in the engine's batch size (> 0: wrong)
     ("linf", pa.float32()),            # ‖x_adv − x‖∞
     ("l2", pa.float32()),              # ‖x_adv − x‖₂
     ("rms", pa.float32()),             # ‖x_adv − x‖₂ / sqrt(#pixels)
@@ -36,7 +38,7 @@ EXAMPLE_COLUMNS = pa.schema([
     ("steps", pa.int32()),             # gradient steps or model queries
     ("grad_norm", pa.float32()),       # mean ℓ1 input-gradient norm seen by the attack (null if gradient-free)
     ("seed", pa.int64()),
-    ("wall_time_s", pa.float64()),     # wall time of this (attack, ε, shard) unit
+    ("wall_time_s", pa.float64()),     # wall time of this (attack, ε, shard) unit (a derived unit's split over its ε)
 ])
 EXAMPLES = pa.unify_schemas([EXAMPLE_COLUMNS, EXAMPLE_PARTITIONS])
 
@@ -56,6 +58,22 @@ ROBUSTNESS = pa.schema([
     ("median_l2_success", pa.float64()),   # over successful adversarials (null if none)
     ("median_linf_success", pa.float64()),
     ("mean_grad_norm", pa.float64()),
+    ("success_rate", pa.float64()),    # among clean-correct examples: share made adversarial at this ε
+    ("found_rate", pa.float64()),      # distance-reporting attacks: among clean-correct, share with any adversarial
+    ("mean_steps", pa.float64()),      # gradient evaluations (white-box) or queries (black-box) per example
+    ("status", pa.string()),           # ok | not_applicable (then n = 0 and `reason` says why)
+    ("reason", pa.string()),
+])
+
+# (trial, attack) pairs the engine skipped because the attack does not apply to the model (Attack.not_applicable).
+SKIPPED = pa.schema([
+    ("sweep_id", pa.string()),
+    ("trial_id", pa.string()),
+    ("attack", pa.string()),
+    ("attack_name", pa.string()),
+    ("norm", pa.string()),
+    ("eps", pa.list_(pa.float64())),
+    ("reason", pa.string()),
 ])
 
 ROBUST_ITEM = pa.struct([

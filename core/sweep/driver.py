@@ -157,9 +157,9 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     trial_rows, epoch_rows = _collect(results, spec, sweep_id, time.time() - start)
 
     print(f"training done in {time.time() - start:.0f}s; evaluating attacks on the engine", flush=True)
-    check_evaluation(out, trial_rows, attack_configs(raw.attacks))
+    skip = check_evaluation(out, trial_rows, attack_configs(raw.attacks))
     run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
-                         cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu)
+                         cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu, skip=skip)
     write_atomic(pa.Table.from_pylist(epoch_rows, schema=S.EPOCHS), out / "epochs" / "part-0.parquet", sweep_id)
 
     n_completed = sum(r["status"] == "completed" for r in trial_rows)
