@@ -448,7 +448,8 @@ def _adversarial_everywhere(model, x_adv, y) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name, options", [
-    ("deepfool", {}), ("lbfgs_min", {"search_steps": 4, "maxiter": 30}), ("fab", {"steps": 20}),
+    ("deepfool", {}), ("deepfool", {"box_aware": True}), ("lbfgs_min", {"search_steps": 4, "maxiter": 30}),
+    ("fab", {"steps": 20}),
     ("fab", {"steps": 20, "p": "linf"}), ("boundary", {"steps": 300}), ("cw_l2", {"steps": 30, "binary_search_steps": 3}),
 ])
 @pytest.mark.parametrize("which", ["clf", "trained_resnet"])

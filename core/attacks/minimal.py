@@ -46,19 +46,24 @@ class DeepFool(Attack):
     x_i = clip(x + (1+overshoot)·r_tot). torchattacks.DeepFool is not used: it loops over examples in Python and
     applies the overshoot to every step instead of to the total (its PyPI build also lags label-index fixes, #153).
 
-    Two departures make the result hold wherever the model is evaluated: the step is box-aware (a pixel pinned at 0
-    or 1 whose gradient points out of [0,1] is left out of the linearisation, and r_tot follows the clipped point),
-    so the step and the overshoot act on pixels that can move; and an example is done only once its wrong-class
-    margin exceeds `margin_tolerance` (not when one argmax flips), then `confirm_adversarial` re-checks the final
-    points. `steps` counts Jacobian evaluations (each costs `candidates`−1 backward passes); grad_norm is the mean ℓ1
-    norm of the followed ∇(f_l − f_y)."""
+    An example is done only once its wrong-class margin exceeds `margin_tolerance` (not when one argmax flips), and
+    `confirm_adversarial` re-checks the final points, so every success holds wherever the model is evaluated; r_tot
+    follows the clipped point (what the box clips off does not accumulate).
+
+    `box_aware=True` also leaves pixels pinned at 0 or 1 whose gradient points out of [0,1] out of the linearisation,
+    so each step is the full linearised step over the pixels that can move. Measured on Fashion-MNIST (200 test
+    images): it needs 5× fewer Jacobians on an MLP (3.3 vs 17.5 per example) but finds larger perturbations (median ℓ2
+    1.234 vs 1.214 on the MLP, 1.24 vs 1.05 on a GroupNorm ResNet: the full step lands further past the curved
+    boundary than the many shorter clipped steps), so the default is off: a minimal-distortion attack is judged by
+    the distance it finds. `steps` counts Jacobian evaluations (each costs `candidates`−1 backward passes); grad_norm
+    is the mean ℓ1 norm of the followed ∇(f_l − f_y)."""
 
     norm = "none"
 
     def __init__(self, model, eps, seed, steps: PositiveInt = 50, overshoot: NonNegativeFloat = 0.02,
-                 candidates: Annotated[int, Field(ge=2)] = 10):
+                 candidates: Annotated[int, Field(ge=2)] = 10, box_aware: bool = False):
         super().__init__(model, eps, seed)
-        self.steps, self.overshoot, self.candidates = steps, overshoot, candidates
+        self.steps, self.overshoot, self.candidates, self.box_aware = steps, overshoot, candidates, box_aware
 
     def run(self, x, y):
         n = len(x)
@@ -95,8 +100,9 @@ class DeepFool(Attack):
             sel = idx[keep]
             f = torch.stack(fs, 1)[keep]  # (m, k), f < 0 while still correct
             g = torch.stack(gs, 1)[keep]  # (m, k, ...)
-            xk = x_i[sel].unsqueeze(1)
-            g = g.masked_fill(((xk <= 0) & (g < 0)) | ((xk >= 1) & (g > 0)), 0.0)  # pinned pixels cannot move
+            if self.box_aware:  # pinned pixels cannot move
+                xk = x_i[sel].unsqueeze(1)
+                g = g.masked_fill(((xk <= 0) & (g < 0)) | ((xk >= 1) & (g > 0)), 0.0)
             gnorm = g.flatten(2).norm(dim=2)
             best = (f.abs() / (gnorm + 1e-8)).argmin(1)
             rows = torch.arange(len(keep), device=x.device)
