@@ -96,6 +96,7 @@ class SchedulerSpec(_Strict):
 class ResourcesSpec(_Strict):
     cpu: PositiveFloat = 1
     gpu: confloat(ge=0) = 0
+    memory_gb: PositiveFloat | None = None  # per trial: Ray schedules no more trials than the node's memory holds
     max_concurrent: PositiveInt | None = None
 
 
@@ -328,7 +329,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SpecError(str(path), "file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(_read_text(p))
     except yaml.YAMLError as exc:
         raise SpecError(str(path), f"not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -346,8 +347,17 @@ def load_suite(path: str | Path) -> SuiteSpec:
     return suite
 
 
+def _read_text(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(str(p), "not a text file (expected a YAML spec)") from None
+    except OSError as exc:
+        raise SpecError(str(p), f"cannot be read ({exc.strerror})") from None
+
+
 def load_spec(path: str | Path) -> Spec:
     p = Path(path)
     if not p.is_file():
         raise SpecError(str(path), "spec file not found")
-    return parse_spec(p.read_text(), str(path))
+    return parse_spec(_read_text(p), str(path))

@@ -83,8 +83,22 @@ def read_trials(out_dir: str | Path) -> pa.Table:
     return ds.dataset(files, format="parquet", schema=schema).to_table()
 
 
-def trials_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Fixed columns from the schema plus one typed column per flattened config field."""
+def relative_to(root: str | Path, path: str | None) -> str | None:
+    """A path as stored in a sweep: relative to the sweep root when inside it, so a copied sweep still resolves."""
+    if not path:
+        return path
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path(root).resolve())) if p.is_absolute() else str(p)
+    except ValueError:
+        return str(p)
+
+
+def trials_table(rows: list[dict[str, Any]], root: str | Path | None = None) -> pa.Table:
+    """Fixed columns from the schema plus one typed column per flattened config field. With `root` (the sweep
+    directory), paths (checkpoint, error log) are stored relative to it."""
+    if root is not None:
+        rows = [{**r, **{k: relative_to(root, r.get(k)) for k in S.PATH_COLUMNS}} for r in rows]
     config_keys = sorted({k for r in rows for k in r.get("config", {})})
     fields = list(S.TRIAL_FIXED)
     cols: dict[str, pa.Array] = {f.name: pa.array([r.get(f.name) for r in rows], type=f.type) for f in fields}
@@ -97,3 +111,17 @@ def trials_table(rows: list[dict[str, Any]]) -> pa.Table:
         fields.append(pa.field(name, typ))
         cols[name] = pa.array(values, type=typ)
     return pa.table(cols, schema=pa.schema(fields))
+
+
+def trial_rows(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of a sweep's trials table in the form `trials_table` writes (config columns back under "config"), with
+    stored relative paths resolved against `out_dir`."""
+    rows = []
+    for r in read_trials(out_dir).to_pylist():
+        config = {k[len(S.CONFIG_PREFIX):]: r.pop(k) for k in list(r) if k.startswith(S.CONFIG_PREFIX)}
+        r["config"] = {k: v for k, v in config.items() if v is not None}
+        for k in S.PATH_COLUMNS:
+            if r.get(k) and not Path(r[k]).is_absolute():
+                r[k] = str(Path(out_dir).resolve() / r[k])
+        rows.append(r)
+    return rows

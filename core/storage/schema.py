@@ -90,7 +90,7 @@ TRIAL_FIXED = pa.schema([
     ("trial_index", pa.int32()),
     ("family", pa.int32()),
     ("model_name", pa.string()),
-    ("status", pa.string()),           # completed | early_stopped | error
+    ("status", pa.string()),           # completed | early_stopped | interrupted | failed | diverged (see TRIAL_STATUSES)
     ("epochs_completed", pa.int32()),
     ("epochs_planned", pa.int32()),
     ("n_test", pa.int64()),
@@ -105,13 +105,20 @@ TRIAL_FIXED = pa.schema([
     ("train_time_s", pa.float64()),
     ("eval_time_s", pa.float64()),
     ("wall_time_s", pa.float64()),
-    ("checkpoint", pa.string()),
+    ("checkpoint", pa.string()),       # relative to the sweep directory
     ("mlflow_run_id", pa.string()),
-    ("error", pa.string()),
+    ("error", pa.string()),            # one line: the cause (failed / diverged trials)
+    ("error_log", pa.string()),        # the full traceback, a file relative to the sweep directory
     ("config_json", pa.string()),
     ("robust", pa.list_(ROBUST_ITEM)),
     *[(f"version_{p}", pa.string()) for p in VERSION_COLUMNS],
 ])
+PATH_COLUMNS = ("checkpoint", "error_log")
+# completed: trained its full budget (the only status that is evaluated and reaches a front); early_stopped: a
+# scheduler (ASHA) stopped it; interrupted: the sweep stopped (Ctrl-C, driver killed) before it finished, resumable;
+# failed: its own code raised (deterministic, not retried) or its worker kept dying; diverged: non-finite loss or
+# a loss blow-up (advsweep.sweep.trainable.DIVERGENCE).
+TRIAL_STATUSES = ("completed", "early_stopped", "interrupted", "failed", "diverged")
 CONFIG_PREFIX = "config."  # then one column per flattened config field, e.g. `config.model.width`
 
 EPOCHS = pa.schema([

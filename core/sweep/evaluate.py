@@ -14,7 +14,8 @@ from advsweep.evaluation.engine import TrialRef, evaluate
 from advsweep.evaluation.units import AttackConfig
 from advsweep.registry import SpecError
 from advsweep.storage import schema as S
-from advsweep.storage.parquet import read_examples, read_skipped, read_trials, trials_table, write_atomic
+from advsweep.storage.parquet import read_examples, read_skipped, trials_table, write_atomic
+from advsweep.storage.parquet import trial_rows as read_trial_rows
 from advsweep.storage.tracking import log_run_metrics
 
 
@@ -122,7 +123,7 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
         row["eval_time_s"] = eval_seconds.get(row["trial_id"])
         row["robust"] = [{k: r[k] for k in ("attack", "eps", "robust_acc", "ci_low", "ci_high")}
                          for r in rob_rows if r["trial_id"] == row["trial_id"]] if row["status"] == "completed" else []
-    write_atomic(trials_table(trial_rows), out_dir / "trials" / "part-0.parquet", sweep_id)
+    write_atomic(trials_table(trial_rows, out_dir), out_dir / "trials" / "part-0.parquet", sweep_id)
     if mlflow_uri:
         for row in done:
             metrics = {}
@@ -147,13 +148,8 @@ def unit_seconds_by_trial(examples) -> dict[str, float]:
 
 
 def trial_rows_from_table(out_dir: Path) -> list[dict[str, Any]]:
-    """Rows of an existing trials table in the form `trials_table` writes (config columns back under "config")."""
-    rows = []
-    for r in read_trials(out_dir).to_pylist():
-        config = {k[len(S.CONFIG_PREFIX):]: r.pop(k) for k in list(r) if k.startswith(S.CONFIG_PREFIX)}
-        r["config"] = {k: v for k, v in config.items() if v is not None}
-        rows.append(r)
-    return rows
+    """Rows of an existing trials table in the form `trials_table` writes, paths resolved against `out_dir`."""
+    return read_trial_rows(out_dir)
 
 
 def load_sweep_data(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
