@@ -309,17 +309,16 @@ def test_nsga2_sweep_completes_and_stores_study(tmp_path, ray_local, fashion_ava
 
 
 @pytest.mark.slow
-def test_tpe_sweep_restored_with_tuner_restore_continues_search(tmp_path, ray_local, fashion_available):
-    """Interrupt a tpe sweep's driver (SIGINT) after two trials, then `Tuner.restore` the experiment: the search
-    continues to num_samples with the restored searcher and study, and the finished trials are not run again."""
+def test_tpe_sweep_resumed_continues_search(tmp_path, ray_local, fashion_available):
+    """Interrupt a tpe sweep's driver (SIGINT) after two trials, then resume it (`run_sweep(resume=True)`, i.e.
+    `Tuner.restore`): the search continues to num_samples with the restored searcher and study, and the finished
+    trials are not run again."""
     import os
     import signal
     import time
 
-    from ray import tune
-
-    from advsweep.sweep.driver import prepare_data
-    from advsweep.sweep.trainable import train_trial
+    from advsweep.storage.parquet import read_trials
+    from advsweep.sweep.driver import run_sweep
 
     text = spec("search: {algorithm: tpe, num_samples: 4, max_concurrent: 1, objective: [val_acc, val_robust_acc], "
                 "startup_trials: 2}")
@@ -328,6 +327,7 @@ def test_tpe_sweep_restored_with_tuner_restore_continues_search(tmp_path, ray_lo
              f"run_sweep(parse_spec({text!r}), {str(out)!r}, make_plots=False)\n"
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    done = []
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -346,27 +346,19 @@ def test_tpe_sweep_restored_with_tuner_restore_continues_search(tmp_path, ray_lo
     study = _study(out)
     finished_before = {t.user_attrs["ray_trial_id"] for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(study.trials) < 4 or any(t.state != TrialState.COMPLETE for t in study.trials), \
-        "the interrupt came too late to test a restore"
+        "the interrupt came too late to test a resume"
 
-    # The trainable exactly as the driver builds it, from what the sweep recorded.
-    manifest = json.loads((out / "sweep.json").read_text())
-    s = parse_spec((out / "spec.yaml").read_text())
-    raw = s.raw
-    ctx = {"sweep_id": manifest["sweep_id"], "out_dir": str(out), "mlflow_uri": manifest["mlflow_uri"],
-           "experiment_id": manifest["experiment_id"], "parent_run_id": manifest["parent_run_id"], "seed": raw.seed,
-           "cpu": raw.resources.cpu, "gpu": raw.resources.gpu, "monitor": raw.monitor.model_dump(),
-           "eval": raw.eval.model_dump(), "attacks": []}
-    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx, data=prepare_data(s)), {"cpu": 1})
-    exp = out / "ray" / manifest["sweep_id"]
-    assert tune.Tuner.can_restore(str(exp))
-    results = tune.Tuner.restore(str(exp), trainable=trainable).fit()
-
-    assert len(results) == 4 and not results.errors
-    assert sorted(r.config["trial"]["index"] for r in results) == [0, 1, 2, 3]
+    result = run_sweep(parse_spec((out / "spec.yaml").read_text()), out, resume=True, make_plots=False)
+    assert result.n_trials == 4 and result.n_completed == 4
+    trials = read_trials(out).to_pandas()
+    assert sorted(trials["trial_index"]) == [0, 1, 2, 3]
     study = _study(out)
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
-    assert len({t.user_attrs["ray_trial_id"] for t in study.trials if t.state == TrialState.COMPLETE}) == 4
-    for r in results:
-        if r.metrics["trial_id"] in finished_before:  # not run again: two epochs reported, all before the interrupt
-            df = r.metrics_dataframe
-            assert list(df["epoch"]) == [1, 2] and df["timestamp"].max() <= interrupted
+    assert {t.user_attrs["ray_trial_id"] for t in study.trials if t.state == TrialState.COMPLETE} == set(
+        trials["trial_id"])
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    exp = out / "ray" / json.loads((out / "sweep.json").read_text())["sweep_id"]
+    for trial_id in finished_before:  # not run again: two epochs reported, both before the interrupt
+        (result_file,) = exp.glob(f"*-{trial_id}/result.json")
+        reports = [json.loads(line) for line in result_file.read_text().splitlines()]
+        assert [r["epoch"] for r in reports] == [1, 2] and max(r["timestamp"] for r in reports) <= interrupted

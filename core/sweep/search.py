@@ -11,8 +11,8 @@ tpe / nsga2:   `StudySearch`, Ray Tune's OptunaSearch with
   - a seeded sampler (TPE: multivariate, grouped for the conditional space; NSGA-II), objectives maximised;
   - the study in `<sweep>/optuna.db` (sqlite), study name = sweep id, so `optuna.load_study` reads it;
   - trials told to Optuna as COMPLETE only when they ran their full budget (the `completed` flag of the final
-    report): ASHA-stopped trials are PRUNED, errored ones FAIL (Tune's OptunaSearch would tell both COMPLETE with
-    their last, truncated metrics);
+    report): ASHA-stopped or interrupted trials are PRUNED, failed/diverged/errored ones FAIL (Tune's OptunaSearch
+    would tell them COMPLETE with their last, truncated metrics);
   - a sampled configuration that fails validation is told FAIL (reason in the user attribute `invalid`) and
     replaced by another draw, so it never becomes a Tune trial;
   - trial indices in order of creation; its state (sampler, study handle, indices) is saved in Tune's experiment
@@ -60,24 +60,37 @@ def study_storage_url(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / STUDY_FILE}"
 
 
+def planned_trials(spec: Spec) -> int:
+    return spec.raw.search.num_samples if spec.searched else len(spec.trials)
+
+
+def search_record(spec: Spec, out_dir: str | Path, study_name: str) -> dict[str, Any]:
+    """What sweep.json records under "search" (no side effects)."""
+    s = spec.raw.search
+    record: dict[str, Any] = {"algorithm": s.algorithm, "objective": s.objectives}
+    if spec.searched:
+        record.update(study_name=study_name, storage=study_storage_url(out_dir), sampler_seed=sampler_seed(spec.raw),
+                      sampler={"tpe": "TPESampler", "nsga2": "NSGAIISampler"}[s.algorithm],
+                      num_samples=s.num_samples)
+    return record
+
+
 def build_search(spec: Spec, out_dir: str | Path, study_name: str) -> SearchPlan:
-    """What `tune.Tuner` needs for this spec. For tpe/nsga2 this creates `<out_dir>/optuna.db`."""
+    """What a new `tune.Tuner` needs for this spec. For tpe/nsga2 this creates (or loads) the study in
+    `<out_dir>/optuna.db`; a restored Tuner brings its own searcher back from the experiment checkpoint."""
     from ray import tune
 
     raw = spec.raw
     s = raw.search
     max_concurrent = s.max_concurrent or raw.resources.max_concurrent
-    manifest: dict[str, Any] = {"algorithm": s.algorithm, "objective": s.objectives}
-    if s.algorithm not in OPTUNA_ALGORITHMS:
+    record = search_record(spec, out_dir, study_name)
+    if not spec.searched:
         configs = [t.model_dump() for t in spec.trials]
         return SearchPlan({"trial": tune.grid_search(configs)}, None, 1, len(configs),
-                          max(t.training.epochs for t in spec.trials), max_concurrent, manifest)
-    storage_url = study_storage_url(out_dir)
-    searcher = StudySearch(SpecSpace(raw), s.objectives, make_sampler(raw), study_name, storage_url)
-    manifest.update(study_name=study_name, storage=storage_url, sampler=type(searcher._sampler).__name__,
-                    sampler_seed=sampler_seed(raw), num_samples=s.num_samples)
+                          max(t.training.epochs for t in spec.trials), max_concurrent, record)
+    searcher = StudySearch(SpecSpace(raw), s.objectives, make_sampler(raw), study_name, record["storage"])
     return SearchPlan({}, searcher, s.num_samples, s.num_samples, max(t.training.epochs for t in spec.probes),
-                      max_concurrent, manifest)
+                      max_concurrent, record)
 
 
 def sampler_seed(raw: RawSpec) -> int:
@@ -184,7 +197,7 @@ class StudySearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         values = None
-        if error:
+        if error or (result or {}).get("final_status") in ("failed", "diverged"):  # crashed / own code raised
             state = TrialState.FAIL
         elif result and result.get("completed") and all(result.get(m) is not None for m in metrics):
             state = TrialState.COMPLETE
