@@ -247,7 +247,7 @@ def test_cli_validate_describes_search_space(tmp_path):
 # ---- real sweeps -------------------------------------------------------------------------------------------------
 
 def _study(out: Path) -> optuna.Study:
-    m = json.loads((out / "sweep.json").read_text())["search"]
+    m = json.loads((out / "sweep.json").read_text())["search"]  # FileNotFoundError before the manifest exists
     assert m["storage"] == f"sqlite:///{out / 'optuna.db'}"
     return optuna.load_study(study_name=m["study_name"], storage=m["storage"])
 
@@ -332,10 +332,12 @@ def test_tpe_sweep_resumed_continues_search(tmp_path, ray_local, fashion_availab
         deadline = time.time() + 240
         while time.time() < deadline:
             time.sleep(1)
-            if (out / "sweep.json").exists() and (out / "optuna.db").exists():
+            try:
                 done = [t for t in _study(out).trials if t.state == TrialState.COMPLETE]
-                if len(done) >= 2:
-                    break
+            except (FileNotFoundError, KeyError):  # manifest or study not written yet
+                continue
+            if len(done) >= 2:
+                break
         assert len(done) >= 2, "the first two trials did not finish in time"
         interrupted = time.time()
         proc.send_signal(signal.SIGINT)
