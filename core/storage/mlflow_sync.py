@@ -19,7 +19,7 @@ from advsweep.storage.tracking import (RUN_STATUS, _client, _find_run, _params_b
                                        use_short_retries)
 from advsweep.versions import package_versions
 
-FINAL_METRICS = ("natural_acc", "natural_ci_low", "natural_ci_high", "val_acc", "val_robust_acc")
+FINAL_METRICS = ("natural_acc", "natural_ci_low", "natural_ci_high")  # per-epoch ones are replayed from epochs/
 EPOCH_METRICS = ("loss", "train_acc", "val_acc", "val_robust_acc", "lr", "epoch_time_s", "nfe_forward", "nfe_backward")
 
 
@@ -104,7 +104,7 @@ def sync(out_dir: str | Path, uri: str) -> dict[str, int]:
             if r["trial_id"] == tid:
                 key = f"robust_acc/{r['attack']}/eps_{r['eps']:g}"
                 final.update({key: r["robust_acc"], f"{key}/ci_low": r["ci_low"], f"{key}/ci_high": r["ci_high"]})
-        counts["metrics"] += _log_missing(client, run, final, int(row.get("epochs_completed") or 0))
+        counts["metrics"] += _log_missing(client, client.get_run(run_id), final, int(row.get("epochs_completed") or 0))
         ckpt = row.get("checkpoint")
         if ckpt and row["status"] == "completed" and not client.list_artifacts(run_id, "checkpoint"):
             d = Path(ckpt)

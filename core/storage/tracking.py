@@ -160,8 +160,10 @@ class TrialTracker:
         self.client = _client(uri)
         tags = {"sweep_id": sweep_id, "ray_trial_id": trial_id}
         self.run_id = _safe("find run", lambda: _find_run(self.client, experiment_id, tags))
+        self._logged: dict[str, set[int]] | None = None  # key -> steps a resumed run already has
         if self.run_id is not None:  # a retried or restored trial continues its run
             _safe("resume run", lambda: self.client.update_run(self.run_id, status="RUNNING"))
+            self._logged = {}
         elif experiment_id:
             all_tags = {**tags, "mlflow.parentRunId": parent_run_id, "kind": "trial",
                         **{f"version.{k}": v for k, v in package_versions().items()}}
@@ -171,7 +173,17 @@ class TrialTracker:
                 _safe("params", lambda: _params_batch(self.client, self.run_id, params))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.run_id:
+        if not self.run_id:
+            return
+        if self._logged is not None:  # a resumed trial may redo an epoch it had logged before the crash
+            for k in metrics:
+                if k not in self._logged:
+                    hist = _safe("history", lambda k=k: self.client.get_metric_history(self.run_id, k))
+                    self._logged[k] = {m.step for m in hist or []}
+            metrics = {k: v for k, v in metrics.items() if step not in self._logged[k]}
+            for k in metrics:
+                self._logged[k].add(step)
+        if metrics:
             _safe("metrics", lambda: _metrics_batch(self.client, self.run_id, metrics, step))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:

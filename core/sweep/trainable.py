@@ -33,14 +33,15 @@ from advsweep.training.trainer import OptimConfig, Trainer, as_float_images
 STANDARD_STATS = ("loss", "train_acc", "lr", "epoch_time_s")
 EXTRA_PREFIX = "train/"
 
-# A trial has diverged when (checked after every epoch) its training loss is non-finite or more than
-# BLOWUP_FACTOR × its first epoch's loss, or when (checked at the end) its validation accuracy is within
-# CHANCE_MARGIN of chance while its loss is more than 10 × the lowest epoch loss it reached. It is then stopped,
-# recorded as `diverged` with the rule that fired, and kept off every front.
+# A trial has diverged when (checked after every epoch) its training loss is non-finite, or more than
+# BLOWUP_FACTOR × ln(classes) (the cross-entropy of a uniform guess: 230 for 10 classes, a loss no training recipe
+# here reaches while learning), or more than BLOWUP_FACTOR × its first epoch's loss; or when (checked at the end) its
+# validation accuracy is within CHANCE_MARGIN of chance while its loss is more than 10 × the lowest epoch loss it
+# reached. It is then stopped, recorded as `diverged` with the rule that fired, and kept off every front.
 BLOWUP_FACTOR = 100.0
 CHANCE_MARGIN = 0.05
-DIVERGENCE = (f"non-finite loss, loss > {BLOWUP_FACTOR:g} × first-epoch loss, or val accuracy ≤ chance + "
-              f"{CHANCE_MARGIN:g} with loss > 10 × its minimum")
+DIVERGENCE = (f"non-finite loss, loss > {BLOWUP_FACTOR:g} × ln(classes) or > {BLOWUP_FACTOR:g} × first-epoch loss, "
+              f"or val accuracy ≤ chance + {CHANCE_MARGIN:g} with loss > 10 × its minimum")
 
 
 class Diverged(Exception):
@@ -72,6 +73,8 @@ def divergence(losses: list[float], val_acc: float | None, num_classes: int, fin
     last = losses[-1]
     if not math.isfinite(last):
         return f"training loss became {last}"
+    if last > BLOWUP_FACTOR * math.log(num_classes):
+        return f"training loss {last:.3g} > {BLOWUP_FACTOR:g} × ln({num_classes}) (a uniform guess scores {math.log(num_classes):.3g})"
     if len(losses) > 1 and last > BLOWUP_FACTOR * losses[0]:
         return f"training loss grew from {losses[0]:.3g} to {last:.3g} (> {BLOWUP_FACTOR:g}×)"
     if final and val_acc is not None and val_acc <= 1 / num_classes + CHANCE_MARGIN and last > 10 * min(losses):
