@@ -90,3 +90,15 @@ def trials_table(rows: list[dict[str, Any]]) -> pa.Table:
         fields.append(pa.field(name, typ))
         cols[name] = pa.array(values, type=typ)
     return pa.table(cols, schema=pa.schema(fields))
+
+
+def example_dataset(out_dir: str | Path) -> ds.Dataset | None:
+    """The examples table as a dataset whose partition keys (trial_id, attack) are dictionary-encoded: large sweeps
+    are scanned without one Python-visible string per row."""
+    base = Path(out_dir) / "examples"
+    if not base.exists():
+        return None
+    part = ds.HivePartitioning.discover(infer_dictionary=True)
+    d = ds.dataset(base, format="parquet", partitioning=part)
+    keys = [d.schema.field(f.name) for f in S.EXAMPLE_PARTITIONS if f.name in d.schema.names]
+    return ds.dataset(base, format="parquet", partitioning=part, schema=pa.schema([*S.EXAMPLE_COLUMNS, *keys]))

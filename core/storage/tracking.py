@@ -132,3 +132,15 @@ class TrialTracker:
 def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Add metrics to an existing (possibly finished) run, e.g. attack results computed after training."""
     _safe("metrics", lambda: _metrics_batch(_client(uri), run_id, metrics, step))
+
+
+def log_run_audit(uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float], record: dict) -> None:
+    """Attach a gradient-masking audit to an existing trial run: tags (verdict), metrics (check values) and the
+    full record as `audit/audit.json`."""
+    client = _safe("client", lambda: _client(uri))
+    if client is None:
+        return
+    for k, v in tags.items():
+        _safe("audit tag", lambda k=k, v=v: client.set_tag(run_id, k, v))
+    _safe("audit metrics", lambda: _metrics_batch(client, run_id, metrics, 0))
+    _safe("audit record", lambda: client.log_dict(run_id, record, "audit/audit.json"))
