@@ -31,10 +31,10 @@ from advsweep.storage.parquet import example_file, read_examples, trials_table, 
 SWEEP_ID = "analysis-test"
 ATTACKS = [
     AttackConfig("fgsm", "fgsm", (0.1,)),
-    AttackConfig("pgd", "pgd", (0.1, 0.5), {"steps": 20}),
-    AttackConfig("pgd100", "pgd", (0.1,), {"steps": 100}),
-    AttackConfig("square", "square", (0.1,), {"n_queries": 300}),
-    AttackConfig("deepfool", "deepfool", (0.0,), {"steps": 50}),
+    AttackConfig("pgd", "pgd", (0.1, 0.5), {"steps": 10}),
+    AttackConfig("pgd40", "pgd", (0.1,), {"steps": 40}),
+    AttackConfig("square", "square", (0.1,), {"n_queries": 150}),
+    AttackConfig("deepfool", "deepfool", (0.0,), {"steps": 20, "candidates": 4}),
 ]
 
 
@@ -68,7 +68,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, adv_e
             xb, yb = x[perm[i:i + 100]], y[perm[i:i + 100]]
             if adv_eps:
                 model.eval()
-                xb = build_attack("pgd", model, adv_eps, seed + epoch * 1000 + i, steps=7)(xb, yb).x_adv
+                xb = build_attack("pgd", model, adv_eps, seed + epoch * 1000 + i, steps=5)(xb, yb).x_adv
             model.train()
             opt.zero_grad()
             nn.functional.cross_entropy(model(xb), yb).backward()
@@ -89,6 +89,15 @@ def models(data, n_train: int) -> dict[str, nn.Module]:
 
 def build_sweep(out: Path, data_dir, n_train: int = 3000, n_test: int = 200, mlflow_uri: str | None = None,
                 attacks: list[AttackConfig] = ATTACKS) -> Path:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small MLPs: a second thread only adds contention on a busy machine
+    try:
+        return _build(out, data_dir, n_train, n_test, mlflow_uri, attacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out, data_dir, n_train, n_test, mlflow_uri, attacks) -> Path:
     data = load_dataset("fashion-mnist", str(data_dir), download=False)
     test_idx = np.sort(stratified_subset(data.y_test, n_test, 1))
     x = torch.from_numpy(data.x_test[test_idx]).float() / 255
