@@ -69,13 +69,13 @@ def test_audit_cli_writes_parquet_and_mlflow_runs(real_sweep):
     verdicts = duckdb.sql(f"SELECT label, verdict FROM read_parquet('{sweep_dir}/audit/verdicts.parquet') "
                           f"ORDER BY trial_index").fetchall()
     assert verdicts[0] == ("natural", "ok") and verdicts[2] == ("quantised", "masked")
-    n_checks = duckdb.sql(f"SELECT count(*) FROM read_parquet('{sweep_dir}/audit/checks.parquet')").fetchone()[0]
+    n_checks = duckdb.sql(f"SELECT count(*) FROM read_parquet('{sweep_dir}/audit/checks.parquet')").fetchall()[0][0]
     assert n_checks == 4 * 10
     client = MlflowClient(uri)
     trials = duckdb.sql(f"SELECT trial_id, mlflow_run_id FROM read_parquet('{sweep_dir}/trials/*.parquet')").fetchall()
-    by_id = dict(verdicts_ := duckdb.sql(f"SELECT trial_id, verdict FROM read_parquet("
-                                         f"'{sweep_dir}/audit/verdicts.parquet')").fetchall())
-    assert len(verdicts_) == 4
+    by_id = dict(duckdb.sql(f"SELECT trial_id, verdict FROM read_parquet('{sweep_dir}/audit/verdicts.parquet')")
+                 .fetchall())
+    assert len(by_id) == 4
     for trial_id, run_id in trials:
         run = client.get_run(run_id)
         assert run.data.tags["audit.verdict"] == by_id[trial_id]
@@ -103,11 +103,17 @@ class _Page(HTMLParser):
             self.tables[self._table] += 1
 
 
-def test_report_is_self_contained_html(real_sweep, tmp_path):
-    sweep_dir, _ = real_sweep
-    out = tmp_path / "report"
-    res = CliRunner().invoke(app, ["report", str(sweep_dir), "--out", str(out), "--resamples", "200"])
+@pytest.fixture(scope="module")
+def report_dir(real_sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    res = CliRunner().invoke(app, ["report", str(real_sweep[0]), "--out", str(out), "--resamples", "200"])
     assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "quantised: masked" in res.output
+    return out
+
+
+def test_report_is_self_contained_html(report_dir):
+    out = report_dir
     page = _Page()
     page.feed((out / "report.html").read_text(encoding="utf-8"))
     assert page.urls == []  # nothing external: no src/href other than data URIs
@@ -124,17 +130,13 @@ def test_report_is_self_contained_html(real_sweep, tmp_path):
     assert "Overview" in (out / "report.html").read_text()
 
 
-def test_report_renders_in_headless_chromium(real_sweep, tmp_path):
+def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("no chromium binary (apt-get install chromium) for the rendering check")
-    sweep_dir, _ = real_sweep
-    out = tmp_path / "report"
-    assert CliRunner().invoke(app, ["report", str(sweep_dir), "--out", str(out), "--resamples", "100"]).exit_code == 0
-    url = (out / "report.html").as_uri()
+    url = (report_dir / "report.html").as_uri()
     base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=15000"]
-    # Sort the trials table by its first column through the page's own script, then dump the DOM.
     dom = subprocess.run(base + ["--enable-logging=stderr", "--v=0", "--dump-dom", url], capture_output=True,
                          text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
