@@ -37,6 +37,18 @@ GRID = 60
 ALL = "all"
 
 
+def _one_blas_thread():
+    """The [trials × examples] @ [examples × draws] products are a few GFLOP; on a shared machine BLAS threads
+    that spin for cores other processes hold cost more than they give (threadpoolctl is optional)."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 @dataclass
 class Fronts:
     points: pd.DataFrame
@@ -64,56 +76,84 @@ def frontier_curve(natural: np.ndarray, robust: np.ndarray, grid: np.ndarray) ->
     return out
 
 
-def _trial_rates(cell: Cell, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[trials × draws] natural and robust accuracy under every weight row."""
-    wt = weights.T
-    present = cell.present.astype(np.float32)
-    n = present @ wt
+def _trial_rates(cell: Cell, wt: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[trials × draws] natural and robust accuracy under every weight column of `wt` ([examples × draws])."""
+    if cell.present.all():
+        n = np.broadcast_to(total, (len(cell.present), len(total)))
+    else:
+        n = cell.present.astype(np.float32) @ wt
     with np.errstate(invalid="ignore", divide="ignore"):
         nat = ((cell.clean & cell.present).astype(np.float32) @ wt).astype(np.float64) / n
         rob = ((cell.robust & cell.present).astype(np.float32) @ wt).astype(np.float64) / n
     return nat, rob
 
 
-def _config_rates(trials: pd.DataFrame, rows: np.ndarray, nat: np.ndarray, rob: np.ndarray, seed: int):
-    """Average replicates per configuration; every draw also resamples the seeds within each configuration."""
+def _percentiles(draws: np.ndarray, qs=(2.5, 97.5)) -> list[np.ndarray]:
+    """Per column of [draws × points], linear-interpolated percentiles over the finite values (NaN where none);
+    a vectorised np.nanpercentile."""
+    s = np.sort(draws, axis=0)  # NaN sorts last
+    k = np.isfinite(s).sum(0)
+    cols = np.arange(s.shape[1])
+    out = []
+    for q in qs:
+        pos = q / 100 * np.maximum(k - 1, 0)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, np.maximum(k - 1, 0))
+        v = s[lo, cols] + (s[hi, cols] - s[lo, cols]) * (pos - lo)
+        out.append(np.where(k > 0, v, np.nan))
+    return out
+
+
+class _Trials:
+    """Per-trial columns as numpy arrays (pandas row access is too slow for 200 trials × 16 cells)."""
+
+    def __init__(self, trials: pd.DataFrame):
+        self.key = trials["config_key"].astype(str).to_numpy()
+        self.label = trials["label"].astype(str).to_numpy()
+        self.model = trials["model_name"].astype(str).to_numpy()
+        self.trial_id = trials["trial_id"].astype(str).to_numpy()
+        self.index = trials["trial_index"].astype(int).to_numpy()
+
+
+def _config_rates(tr: _Trials, rows: np.ndarray, nat: np.ndarray, rob: np.ndarray, seed: int, extra: dict):
+    """Average replicates per configuration; every draw also resamples the seeds within each configuration.
+    `extra`: per-trial arrays averaged (success_rate) or maximised (n_examples) per configuration."""
     rng = np.random.default_rng(seed + 1)
-    groups = trials.iloc[rows].groupby("config_key", sort=False).indices
+    keys, first, inverse = np.unique(tr.key[rows], return_index=True, return_inverse=True)
+    order = np.argsort(first)  # configurations in trial order
+    draws = nat.shape[1] - 1
     out_nat, out_rob, meta = [], [], []
-    for key, idx in groups.items():
-        reps = rows[idx]
+    for g in order:
+        reps = rows[inverse == g]
         k = len(reps)
-        draws = nat.shape[1] - 1
         pick = rng.integers(0, k, size=(k, draws)) if k > 1 else np.zeros((1, draws), int)
-        rows_nat, rows_rob = [], []
-        for m, target in ((nat, rows_nat), (rob, rows_rob)):
+        for m, target in ((nat, out_nat), (rob, out_rob)):
             sub = m[reps]
             target.append(np.concatenate([sub[:, :1].mean(0), np.take_along_axis(sub[:, 1:], pick, 0).mean(0)]))
-        out_nat.append(rows_nat[0])
-        out_rob.append(rows_rob[0])
-        first = trials.iloc[reps[0]]
-        meta.append({"config_key": key, "label": first["label"], "model_name": first["model_name"],
-                     "trial_ids": ",".join(trials.iloc[reps]["trial_id"].astype(str)),
-                     "trial_index": int(first["trial_index"]), "n_seeds": k,
+        r0 = reps[0]
+        meta.append({"config_key": keys[g], "label": tr.label[r0], "model_name": tr.model[r0],
+                     "trial_ids": ",".join(tr.trial_id[reps]), "trial_index": int(tr.index[r0]), "n_seeds": k,
                      "seed_sd_natural": float(nat[reps, 0].std(ddof=1)) if k > 1 else np.nan,
-                     "seed_sd_robust": float(rob[reps, 0].std(ddof=1)) if k > 1 else np.nan})
+                     "seed_sd_robust": float(rob[reps, 0].std(ddof=1)) if k > 1 else np.nan,
+                     "success_rate": float(np.nanmean(extra["success_rate"][reps]))
+                     if np.isfinite(extra["success_rate"][reps]).any() else np.nan,
+                     "n_examples": int(extra["n_examples"][reps].max())})
     return np.array(out_nat), np.array(out_rob), pd.DataFrame(meta)
 
 
 def analyse_fronts(sweep: Sweep, resamples: int = 1000, seed: int = 0, cells: list[Cell] | None = None) -> Fronts:
-    weights = bootstrap_weights(len(sweep.examples), resamples, seed)
+    wt = np.ascontiguousarray(bootstrap_weights(len(sweep.examples), resamples, seed).T)
+    total = wt.sum(0)
+    tr = _Trials(sweep.trials)
     pts, curves, hvs = [], [], []
     for cell in cells or [c for c in sweep.cells.values() if c.norm != "none"]:
         rows = np.flatnonzero(cell.has())
         if not len(rows):
             continue
-        t_nat, t_rob = _trial_rates(cell, weights)
-        success = cell.success_rate()
-        nat, rob, meta = _config_rates(sweep.trials, rows, t_nat, t_rob, seed)
-        meta["success_rate"] = [float(np.nanmean(success[sweep.trials.index[sweep.trials["config_key"] == k]]))
-                                for k in meta["config_key"]]
-        meta["n_examples"] = [int(cell.present[sweep.trials.index[sweep.trials["config_key"] == k]].sum(1).max())
-                              for k in meta["config_key"]]
+        with _one_blas_thread():
+            t_nat, t_rob = _trial_rates(cell, wt, total)
+        nat, rob, meta = _config_rates(tr, rows, t_nat, t_rob, seed, {
+            "success_rate": cell.success_rate(), "n_examples": cell.present.sum(1)})
         ci = {}
         for name, m in (("natural", nat), ("robust", rob)):
             lo, hi = (np.percentile(m[:, 1:], [2.5, 97.5], axis=1) if resamples else (m[:, 0], m[:, 0]))
@@ -141,12 +181,7 @@ def analyse_fronts(sweep: Sweep, resamples: int = 1000, seed: int = 0, cells: li
                              for b in range(mask.shape[1])])
             fit, boot = fits[0], fits[1:]
             coverage = np.isfinite(boot).mean(0) if resamples else np.isfinite(fit).astype(float)
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    lo, hi = (np.nanpercentile(boot, [2.5, 97.5], axis=0) if resamples else (fit, fit))
+            lo, hi = _percentiles(boot) if resamples else (fit, fit)
             lo, hi = np.where(coverage >= 0.5, lo, np.nan), np.where(coverage >= 0.5, hi, np.nan)
             curves.append(pd.DataFrame({"attack": cell.attack, "eps": cell.eps, "norm": cell.norm, "scope": scope,
                                         "natural_acc": grid, "robust_fit": fit, "band_low": lo, "band_high": hi,
