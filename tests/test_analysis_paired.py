@@ -78,3 +78,16 @@ def test_compare_cli_and_bad_input(sweep_dir):
     assert res.exit_code == 2 and "give --eps" in res.output
     with pytest.raises(SpecError, match="no completed trial"):
         compare(load_sweep(sweep_dir), "A", "Z", "pgd", 0.1)
+
+
+def test_duckdb_query_from_the_readme_gives_the_same_discordant_counts(sweep_dir):
+    import duckdb
+
+    q = f"""
+    WITH ex AS (SELECT * FROM read_parquet('{sweep_dir}/examples/**/*.parquet', hive_partitioning = true)
+                WHERE attack = 'pgd' AND eps = 0.1),
+         a AS (SELECT example_index, robust FROM ex WHERE trial_id = 'A'),
+         b AS (SELECT example_index, robust FROM ex WHERE trial_id = 'B')
+    SELECT sum((a.robust AND NOT b.robust)::INT) AS only_a, sum((b.robust AND NOT a.robust)::INT) AS only_b
+    FROM a JOIN b USING (example_index)"""
+    assert duckdb.sql(q).fetchall() == [(8, 1)]
