@@ -65,7 +65,8 @@ def plot_curves(g: pd.DataFrame, attack: str, measure: str, path: Path) -> Path:
 # ---- fitted frontiers, curves and audit figures (report) -------------------------------------------------------------
 
 MAX_LABELS = 15  # beyond this many configurations only the front is named
-MIN_SUCCESS = 0.9  # below this success rate a minimal-distortion attack's curve is marked as attack failure
+MIN_SUCCESS = 0.9  # below this success rate an unbounded attack's curve is marked as attack failure
+UNBOUNDED_EPS = {"linf": 0.5, "l2": 10.0}  # as in the audit: budgets that allow any image
 
 
 def save_both(fig, stem: Path) -> list[Path]:
@@ -208,6 +209,13 @@ def plot_accuracy_vs_eps(sweep, stem: Path, max_trials: int = 12) -> list[Path] 
                     ci = np.array([wilson_interval(a, b) for a, b in zip(k_rob, n)])
                     ax.plot(eps, acc, marker="o", ms=3, color=col, ls=styles[k % 4], label=f"{trial['label']} · {attack}")
                     ax.fill_between(eps, ci[:, 0], ci[:, 1], color=col, alpha=0.12, lw=0)
+                    last = cs[-1]
+                    rate = last.success_rate()[t]
+                    if last.eps >= UNBOUNDED_EPS.get(norm, np.inf) and rate < MIN_SUCCESS:
+                        warn.append(f"{trial['label']} · {attack}: at ε={last.eps:g} (any image reachable) an "
+                                    f"adversarial was found for only {rate:.0%} of correct examples")
+                        ax.annotate(f"attack failed on {1 - rate:.0%}", (last.eps, acc[-1]), fontsize=6, color=col,
+                                    ha="right", va="bottom")
         ax.set_xlabel("ε (ℓ2, from minimal distances)" if norm == "none" else f"ε ({norm})")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)

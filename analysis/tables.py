@@ -162,11 +162,11 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     rob = read_robustness(sweep_dir).to_pandas()
     attacks = sorted({Path(f).parent.name.split("=", 1)[1] for f in dataset.files})
     position = {t: i for i, t in enumerate(done["trial_id"].astype(str))}
-    raw: dict[tuple[str, float], dict] = {}
-    universe: list[np.ndarray] = []
-    for attack in attacks:
+    cells: dict[tuple[str, float], Cell] = {}
+    for attack in attacks:  # one attack partition at a time: its rows become matrices before the next is read
         name, norm, params = _attack_meta(dataset, attack)
-        table = dataset.to_table(filter=ds.field("attack") == attack, columns=_NEEDED)
+        needed = [c for c in _NEEDED if norm == "none" or c not in ("distance", "l2")]
+        table = dataset.to_table(filter=ds.field("attack") == attack, columns=needed)
         tid = table.column("trial_id")
         tid = tid.combine_chunks() if isinstance(tid, pa.ChunkedArray) else tid
         if not pa.types.is_dictionary(tid.type):
@@ -174,20 +174,21 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         lookup = np.array([position.get(str(v), -1) for v in tid.dictionary.to_pylist()], dtype=np.int64)
         rows = lookup[tid.indices.to_numpy(zero_copy_only=False)] if len(lookup) else np.empty(0, np.int64)
         keep = rows >= 0
-        cols = {c: table.column(c).to_numpy() for c in _NEEDED[1:]}
+        cols = {c: table.column(c).to_numpy() for c in needed[1:]}
+        del table, tid
         eps_all = cols["eps"]
         for eps in np.unique(eps_all[keep]):
             m = keep & (eps_all == eps)
             d = {c: v[m] for c, v in cols.items()}
-            d["row"] = rows[m]
-            raw[(attack, float(eps))] = {"attack_name": name, "norm": norm, "params": params, **d}
-            universe.append(np.unique(d["example_index"]))
-        del table, cols
-    if not raw:
+            d.update(row=rows[m], attack_name=name, norm=norm, params=params)
+            examples = np.unique(d["example_index"])
+            cells[(attack, float(eps))] = (_cell((attack, float(eps)), d, len(done), examples), examples)
+            del d
+        del cols
+    if not cells:
         raise SpecError(str(sweep_dir / "examples"), "no attack results for any completed trial")
-    examples = np.unique(np.concatenate(universe))
-    cells = {k: _cell(k, v, len(done), examples) for k, v in raw.items()}
-    del raw
+    examples = np.unique(np.concatenate([e for _, e in cells.values()]))
+    cells = {k: _widen(c, e, examples) for k, (c, e) in cells.items()}
     notes += _coverage_notes(cells, done)
     cells.update(_ensembles(cells))
     sweep_id = str(done["sweep_id"].iloc[0])
@@ -229,6 +230,21 @@ def _cell(key, d, n_trials, examples) -> Cell:
     return Cell(attack, d["attack_name"], d["norm"], eps, d["params"], present,
                 scatter(d["robust"], bool, False), scatter(clean_ok, bool, False), scatter(found, bool, False),
                 distance, steps, zero_share, np.where(ng > 0, mean_g, np.nan), top)
+
+
+def _widen(cell: Cell, local: np.ndarray, examples: np.ndarray) -> Cell:
+    """Re-index a cell's matrices from its own example set onto the sweep's (absent columns: not present)."""
+    if len(local) == len(examples):
+        return cell
+    col = np.searchsorted(examples, local)
+    for name in ("present", "robust", "clean", "found", "distance"):
+        m = getattr(cell, name)
+        if m is None:
+            continue
+        wide = np.full((m.shape[0], len(examples)), np.nan if m.dtype.kind == "f" else False, dtype=m.dtype)
+        wide[:, col] = m
+        setattr(cell, name, wide)
+    return cell
 
 
 def _coverage_notes(cells: dict, trials: pd.DataFrame) -> list[str]:

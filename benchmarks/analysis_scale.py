@@ -6,6 +6,9 @@ Sweep (default): 200 trials × 10,000 test examples × 3 attacks (pgd, fgsm, squ
 families, varying width and learning rate) and a robustness table. Per-example outcomes are simulated with shared
 per-example difficulty (so trials are correlated on the same examples, as in a real sweep).
 
+Wall times on a shared machine depend on its load (recorded); `cpu_s` (user + system CPU seconds of the analysis
+after imports) is the machine-independent part: on an idle 2-core machine the wall time is at most about that.
+
 Measured in a fresh child process (so its peak RSS is the analysis alone; torch threads are irrelevant here, BLAS
 runs with its default threads): load (scan of the examples table into per-cell matrices), frontier + bootstrap
 (1,000 resamples of the test examples), audit, report (figures + HTML). Steady-state throughput of the bootstrap is
@@ -99,9 +102,12 @@ def child(sweep_dir: str, resamples: int) -> None:
     from advsweep.analysis.report import build_report
 
     imports = time.perf_counter() - t0
+    before = resource.getrusage(resource.RUSAGE_SELF)
     rep = build_report(sweep_dir, Path(sweep_dir) / "report", resamples=resamples)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"imports_s": imports, **{f"{k}_s": v for k, v in rep.timings.items()},
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss * 1024
+    cpu = (usage.ru_utime - before.ru_utime) + (usage.ru_stime - before.ru_stime)
+    print(json.dumps({"imports_s": imports, **{f"{k}_s": v for k, v in rep.timings.items()}, "cpu_s": cpu,
                       "peak_rss_bytes": peak, "report_bytes": rep.path.stat().st_size,
                       "n_points": int(len(rep.fronts.points)), "n_figures": len(list((Path(sweep_dir) / "report" /
                                                                                       "figures").glob("*.png")))}))

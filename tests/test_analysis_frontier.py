@@ -160,3 +160,14 @@ def test_bad_directories_are_one_line_exit_2(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no completed trials" in res.output
     assert not (tmp_path / "none" / "report").exists()
+
+
+def test_attacks_on_different_example_subsets_share_one_example_axis(tmp_path):
+    write_trials(tmp_path, [{"trial_id": "A", "model_name": "m", "config": {}}])
+    write_cell(tmp_path, "A", "pgd", 0.1, *outcomes(100, 80, 40))
+    write_cell(tmp_path, "A", "fgsm", 0.1, *outcomes(50, 40, 30), name="fgsm", index=np.arange(50, 100))
+    sweep = load_sweep(finish(tmp_path))
+    assert sweep.examples.tolist() == list(range(100))
+    fgsm, ens = sweep.cell("fgsm", 0.1), sweep.cell("ensemble", 0.1)
+    assert fgsm.present[0].tolist() == [False] * 50 + [True] * 50
+    assert ens.present[0].sum() == 50 and fgsm.accuracy()[0] == 30 / 50
