@@ -68,9 +68,7 @@ def frontier_curve(natural: np.ndarray, robust: np.ndarray, grid: np.ndarray) ->
     """Piecewise-linear frontier through Pareto points (any order), evaluated on `grid`: flat left of the most
     robust point, NaN right of the most accurate one."""
     order = np.argsort(natural, kind="stable")
-    x, y = natural[order], robust[order]
-    x, first = np.unique(x, return_index=True)  # equal natural accuracy on a front means equal robust accuracy
-    y = y[first]
+    x, y = natural[order], robust[order]  # equal natural accuracy on a front means equal robust accuracy
     out = np.interp(grid, x, y)
     out[grid > x[-1]] = np.nan
     return out
@@ -177,8 +175,9 @@ def analyse_fronts(sweep: Sweep, resamples: int = 1000, seed: int = 0, cells: li
             hv_lo, hv_hi = (np.percentile(hv[1:], [2.5, 97.5]) if resamples else (hv[0], hv[0]))
             hvs.append({"attack": cell.attack, "eps": cell.eps, "norm": cell.norm, "scope": scope,
                         "n_configs": len(idx), "hypervolume": hv[0], "ci_low": hv_lo, "ci_high": hv_hi})
-            fits = np.array([frontier_curve(nat[idx][mask[:, b], b], rob[idx][mask[:, b], b], grid)
-                             for b in range(mask.shape[1])])
+            nat_t, rob_t, mask_t = (np.ascontiguousarray(m.T) for m in (nat[idx], rob[idx], mask))
+            fits = np.array([frontier_curve(nat_t[b][mask_t[b]], rob_t[b][mask_t[b]], grid)
+                             for b in range(len(mask_t))])
             fit, boot = fits[0], fits[1:]
             coverage = np.isfinite(boot).mean(0) if resamples else np.isfinite(fit).astype(float)
             lo, hi = _percentiles(boot) if resamples else (fit, fit)

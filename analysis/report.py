@@ -155,9 +155,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, resam
             files.extend(result)
             figures.append((caption, result[0]))
 
-    if len(fronts.points):
-        add(plots.plot_overview(fronts, fig_dir / "overview"), "Overview: frontiers per attack (rows) and ε (columns)")
-    front_figs = []
+    jobs = []
     pts = fronts.points[fronts.points["scope"] == ALL] if len(fronts.points) else fronts.points
     for i, ((attack, eps), g) in enumerate(pts.groupby(["attack", "eps"], sort=True) if len(pts) else []):
         if i >= MAX_FRONT_FIGURES:
@@ -166,15 +164,24 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, resam
                               & (fronts.curves["scope"] == ALL)]
         hv = fronts.hypervolumes[(fronts.hypervolumes["attack"] == attack) & (fronts.hypervolumes["eps"] == eps)
                                  & (fronts.hypervolumes["scope"] == ALL)]
-        stem = fig_dir / f"front_{attack}_eps{eps:g}"
-        res = plots.plot_fitted_front(g, curve, hv.iloc[0] if len(hv) else None, stem)
-        files.extend(res)
-        front_figs.append((f"Frontier {attack} ε={eps:g}", res[0]))
-        if progress:
-            progress()
+        jobs.append((f"Frontier {attack} ε={eps:g}", g, curve, hv.iloc[0] if len(hv) else None,
+                     fig_dir / f"front_{attack}_eps{eps:g}"))
+    pool = _pool(len(jobs))
+    pending = [pool.submit(_front_figure, job) for job in jobs] if pool else []
+    if len(fronts.points):
+        add(plots.plot_overview(fronts, fig_dir / "overview"), "Overview: frontiers per attack (rows) and ε (columns)")
     add(plots.plot_accuracy_vs_eps(sweep, fig_dir / "accuracy_vs_eps"), "Robust accuracy vs ε per trial and attack")
     add(plots.plot_budget(sweep, fig_dir / "accuracy_vs_budget"), "Robust accuracy vs attack budget")
     add(plots.plot_distortions(sweep, fig_dir / "minimal_distortion"), "Minimal-distortion distributions")
+    results = [f.result() for f in pending] if pool else [_front_figure(job) for job in jobs]
+    if pool:
+        pool.shutdown()
+    front_figs = []
+    for caption, res in results:
+        files.extend(res)
+        front_figs.append((caption, res[0]))
+        if progress:
+            progress()
     timings["figures"] = time.perf_counter() - t
     t = time.perf_counter()
     page = _page(sweep, fronts, audit, figures, front_figs)
@@ -185,6 +192,24 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, resam
     timings["html"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return Report(path, [path, *files], fronts, audit, timings)
+
+
+def _front_figure(job) -> tuple[str, list[Path]]:
+    caption, g, curve, hv, stem = job
+    return caption, plots.plot_fitted_front(g, curve, hv, stem)
+
+
+def _pool(n_jobs: int):
+    """Frontier figures render in forked worker processes (matplotlib is single-threaded; a figure with 200 points
+    and its SVG take about a second); None where fork is unavailable or not worth it."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(os.cpu_count() or 1, n_jobs)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
 
 
 def _page(sweep: Sweep, fronts: Fronts, audit: Audit, figures, front_figs) -> str:
