@@ -7,7 +7,7 @@ families, varying width and learning rate) and a robustness table. Per-example o
 per-example difficulty (so trials are correlated on the same examples, as in a real sweep).
 
 Wall times on a shared machine depend on its load (recorded); `cpu_s` (user + system CPU seconds of the analysis
-after imports) is the machine-independent part: on an idle 2-core machine the wall time is at most about that.
+after imports, figure workers included) is the machine-independent part: on an idle 2-core machine the wall time is at most about that.
 
 Measured in a fresh child process (so its peak RSS is the analysis alone; torch threads are irrelevant here, BLAS
 runs with its default threads): load (scan of the examples table into per-cell matrices), frontier + bootstrap
@@ -102,11 +102,14 @@ def child(sweep_dir: str, resamples: int) -> None:
     from advsweep.analysis.report import build_report
 
     imports = time.perf_counter() - t0
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    def cpu_now() -> float:  # this process and its (reaped) figure workers
+        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+    before = cpu_now()
     rep = build_report(sweep_dir, Path(sweep_dir) / "report", resamples=resamples)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak = usage.ru_maxrss * 1024
-    cpu = (usage.ru_utime - before.ru_utime) + (usage.ru_stime - before.ru_stime)
+    cpu = cpu_now() - before
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 1024
     print(json.dumps({"imports_s": imports, **{f"{k}_s": v for k, v in rep.timings.items()}, "cpu_s": cpu,
                       "peak_rss_bytes": peak, "report_bytes": rep.path.stat().st_size,
                       "n_points": int(len(rep.fronts.points)), "n_figures": len(list((Path(sweep_dir) / "report" /
@@ -164,7 +167,7 @@ def main() -> None:
         if not (sweep_dir / "trials").exists():
             gen = write_sweep(sweep_dir, args.trials, args.examples)
         else:
-            gen = float("nan")
+            gen = None  # reused an existing synthetic sweep (--dir)
         size = sum(f.stat().st_size for f in (sweep_dir / "examples").rglob("*.parquet"))
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", str(sweep_dir), "--resamples",
