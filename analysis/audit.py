@@ -170,7 +170,8 @@ def _steps(cells: list[Cell], t: int) -> dict:
         if worst is None or (res["fail"], res["excess"]) > (worst["fail"], worst["excess"]):
             worst = res
     if worst is None:
-        return _row("steps_converged", "not_run", evidence="needs one attack at ≥ 2 budgets (steps/restarts) at one ε")
+        return _row("steps_converged", "not_run",
+                    evidence="needs one attack at ≥ 2 budgets (steps/restarts) at one ε")
     return _row("steps_converged", "fail" if worst["fail"] else "pass", worst["excess"], MIN_EFFECT, worst["n"],
                 worst["p"], "; ".join(evidence))
 
@@ -189,7 +190,8 @@ def _minimal(cells: list[Cell], t: int, rob: pd.DataFrame, trial_id: str) -> dic
         rates.append((rate, ok))
         evidence.append(f"{c.attack}: adversarial found for {found}/{ok} correctly classified = {rate:.3f}")
     if not rates:
-        return _row("minimal_success", "not_run", evidence="needs a minimal-distortion attack (deepfool, fab, lbfgs_min)")
+        return _row("minimal_success", "not_run",
+                    evidence="needs a minimal-distortion attack (deepfool, fab, lbfgs_min)")
     rate, ok = min(rates)
     return _row("minimal_success", "fail" if rate < MIN_SUCCESS else "pass", rate, MIN_SUCCESS, ok,
                 evidence="; ".join(evidence))

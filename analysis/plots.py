@@ -207,7 +207,8 @@ def plot_accuracy_vs_eps(sweep, stem: Path, max_trials: int = 12) -> list[Path] 
                     n = [int(cs[0].present[t].sum())] + [int(c.present[t].sum()) for c in cs]
                     acc = np.array(k_rob) / np.array(n)
                     ci = np.array([wilson_interval(a, b) for a, b in zip(k_rob, n)])
-                    ax.plot(eps, acc, marker="o", ms=3, color=col, ls=styles[k % 4], label=f"{trial['label']} · {attack}")
+                    ax.plot(eps, acc, marker="o", ms=3, color=col, ls=styles[k % 4],
+                            label=f"{trial['label']} · {attack}")
                     ax.fill_between(eps, ci[:, 0], ci[:, 1], color=col, alpha=0.12, lw=0)
                     last = cs[-1]
                     rate = last.success_rate()[t]

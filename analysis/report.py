@@ -25,6 +25,7 @@ from advsweep.analysis.tables import Sweep, load_sweep
 from advsweep.storage.parquet import write_atomic
 
 MAX_FRONT_FIGURES = 24
+PHASES = ("load", "frontier_bootstrap", "audit", "figures", "html")
 
 
 @dataclass
@@ -42,7 +43,8 @@ def _esc(v) -> str:
 
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"><figcaption>{_esc(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{_esc(alt)}</figcaption></figure>')
 
 
 def _table(df: pd.DataFrame, cls: str, fmt: dict | None = None) -> str:
@@ -80,7 +82,8 @@ def trials_overview(sweep: Sweep, fronts: Fronts) -> pd.DataFrame:
         base[col] = [_ci(*g.loc[k, ["robust_acc", "ci_low", "ci_high"]]) if k in g.index else ""
                      for k in base["config_key"]]
         if g["n_seeds"].max() > 1:
-            base[col + " seed sd"] = [g.loc[k, "seed_sd_robust"] if k in g.index else np.nan for k in base["config_key"]]
+            base[col + " seed sd"] = [g.loc[k, "seed_sd_robust"] if k in g.index else np.nan
+                                      for k in base["config_key"]]
     base["p(front) max"] = [float(pts[pts["config_key"] == k]["p_front"].max()) for k in base["config_key"]]
     return base.drop(columns=["config_key"]).rename(columns={"label": "name", "model_name": "model",
                                                              "n_seeds": "seeds", "trial_ids": "trials"})
@@ -89,7 +92,8 @@ def trials_overview(sweep: Sweep, fronts: Fronts) -> pd.DataFrame:
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach(function (th) {
   th.addEventListener('click', function () {
-    var table = th.closest('table'), body = table.tBodies[0], i = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var table = th.closest('table'), body = table.tBodies[0];
+    var i = Array.prototype.indexOf.call(th.parentNode.children, th);
     var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
     var rows = Array.prototype.slice.call(body.rows);
     rows.sort(function (a, b) {
@@ -125,21 +129,26 @@ def _versions(sweep: Sweep) -> pd.DataFrame:
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, resamples: int = 1000, seed: int = 0,
                  mlflow: bool = False, progress=None) -> Report:
-    """Load, analyse, audit and write <out>/report.html (default <sweep_dir>/report)."""
+    """Load, analyse, audit and write <out>/report.html (default <sweep_dir>/report). `progress(stage)` is called
+    after each of the PHASES."""
     timings = {}
+    step = progress or (lambda stage: None)
     t0 = time.perf_counter()
     sweep = load_sweep(sweep_dir)
     timings["load"] = time.perf_counter() - t0
+    step("load")
     out = Path(out_dir) if out_dir else sweep.dir / "report"
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     fronts = analyse_fronts(sweep, resamples, seed)
     timings["frontier_bootstrap"] = time.perf_counter() - t
+    step("frontier_bootstrap")
     t = time.perf_counter()
     audit = run_audit(sweep)
     files = write_audit(sweep, audit, out / "audit", mlflow=mlflow)
     timings["audit"] = time.perf_counter() - t
+    step("audit")
     t = time.perf_counter()
     for name, df in (("front_points", fronts.points), ("front_curves", fronts.curves),
                      ("hypervolume", fronts.hypervolumes)):
@@ -180,9 +189,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, resam
     for caption, res in results:
         files.extend(res)
         front_figs.append((caption, res[0]))
-        if progress:
-            progress()
     timings["figures"] = time.perf_counter() - t
+    step("figures")
     t = time.perf_counter()
     page = _page(sweep, fronts, audit, figures, front_figs)
     path = out / "report.html"
@@ -190,6 +198,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, resam
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     timings["html"] = time.perf_counter() - t
+    step("html")
     timings["total"] = time.perf_counter() - t0
     return Report(path, [path, *files], fronts, audit, timings)
 

@@ -7,7 +7,8 @@ families, varying width and learning rate) and a robustness table. Per-example o
 per-example difficulty (so trials are correlated on the same examples, as in a real sweep).
 
 Wall times on a shared machine depend on its load (recorded); `cpu_s` (user + system CPU seconds of the analysis
-after imports, figure workers included) is the machine-independent part: on an idle 2-core machine the wall time is at most about that.
+after imports, figure workers included) is the machine-independent part: on an idle 2-core machine the wall time
+is at most about that.
 
 Measured in a fresh child process (so its peak RSS is the analysis alone; torch threads are irrelevant here, BLAS
 runs with its default threads): load (scan of the examples table into per-cell matrices), frontier + bootstrap

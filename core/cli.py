@@ -195,12 +195,20 @@ def report(
 ) -> None:
     """One self-contained HTML report (fitted frontiers with bootstrap bands, curves, trials, audit, spec,
     versions), computed from the Parquet tables alone."""
-    from advsweep.analysis.report import build_report
+    from tqdm import tqdm
 
-    try:
-        result = build_report(sweep_dir, out, resamples=resamples, seed=seed)
-    except SpecError as exc:
-        _fail(exc)
+    from advsweep.analysis.report import PHASES, build_report
+
+    with tqdm(total=len(PHASES), desc="report", unit="phase", leave=False, delay=1.0) as bar:
+        def step(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+
+        try:
+            result = build_report(sweep_dir, out, resamples=resamples, seed=seed, progress=step)
+        except SpecError as exc:
+            bar.close()
+            _fail(exc)
     for v in result.audit.verdicts.itertuples():
         typer.echo(f"[{v.trial_index:03d}] {v.label}: {v.verdict}")
     typer.echo(f"wrote {result.path} ({result.timings['total']:.1f} s)")
