@@ -30,12 +30,15 @@ ZERO_GRAD = 1e-12  # ℓ1 input-gradient norms at or below this are "no gradient
 
 def trial_label(trials: pd.DataFrame) -> pd.Series:
     """A short readable name per trial: the `trial_name` column when the sweep has one, else the values of the
-    config keys that vary across the sweep's trials (seeds excluded, so replicates share a label), e.g.
-    `odenet·dopri5·width=16`. Falls back to the model name; labels that would collide get their trial index."""
+    config keys that vary across the sweep's trials (seeds excluded, so replicates share a label; names first),
+    e.g. `odenet·dopri5·width=16`. Falls back to the model name; labels that would collide get their trial index."""
     if "trial_name" in trials and trials["trial_name"].notna().all():
         return trials["trial_name"].astype(str)
+    # Varying = ≥ 2 distinct values where set (a field only some models have is not a difference by itself);
+    # names (model.name, recipe.name) first.
     cols = [c for c in trials.columns if c.startswith(S.CONFIG_PREFIX) and not c.endswith(SEED_KEYS)
-            and trials[c].astype(str).nunique(dropna=False) > 1]
+            and trials[c].dropna().astype(str).nunique() > 1]
+    cols.sort(key=lambda c: not c.endswith(".name"))
 
     def one(row) -> str:
         parts = []

@@ -105,7 +105,8 @@ def test_trial_label_names_what_varies_and_prefers_trial_name():
 
     df = pd.DataFrame({"trial_id": ["x", "y", "z"], "trial_index": [0, 1, 2], "model_name": ["odenet"] * 3,
                        "config.model.name": ["odenet"] * 3, "config.model.solver": ["dopri5", "euler", "euler"],
-                       "config.training.lr": [0.1, 0.1, 0.01], "config.training.seed": [1, 2, 3]})
+                       "config.training.lr": [0.1, 0.1, 0.01], "config.training.seed": [1, 2, 3],
+                       "config.model.blocks": [2, None, None]})  # set for one model only: not a difference
     assert trial_label(df).tolist() == ["dopri5·lr=0.1", "euler·lr=0.1", "euler·lr=0.01"]
     df["trial_name"] = ["n0", "n1", "n2"]
     assert trial_label(df).tolist() == ["n0", "n1", "n2"]
