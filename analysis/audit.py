@@ -267,6 +267,7 @@ def run_audit(sweep: Sweep) -> Audit:
                     r["evidence"] += "; not applicable here: " + ", ".join(
                         f"{a} ({why})" for a, why in zip(na["attack"], na["reason"]))
         verdict, why = _verdict(checks)
+        why = why.replace("DIR", str(sweep.dir))
         for r in checks:
             rows.append({"trial_id": str(trial["trial_id"]), "trial_index": int(trial["trial_index"]),
                          "label": trial["label"], **r})

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 from advsweep.analysis.tables import Cell, Sweep
+from advsweep.evaluation.stats import wilson_interval
 from advsweep.registry import SpecError
 
 
@@ -28,6 +29,8 @@ class McNemar:
     n: int                 # examples both were attacked on
     acc_a: float
     acc_b: float
+    ci_a: tuple[float, float]  # Wilson 95 %
+    ci_b: tuple[float, float]
     only_a: int            # robust for A, not for B
     only_b: int
     p_value: float
@@ -64,7 +67,8 @@ def mcnemar(cell: Cell, i: int, j: int, name_a: str, name_b: str) -> McNemar:
         lo, hi = (2 * ci.low - 1) * (b + c) / n, (2 * ci.high - 1) * (b + c) / n
     else:
         p, lo, hi = 1.0, 0.0, 0.0
-    return McNemar(cell.attack, cell.eps, name_a, name_b, n, float(ra.mean()), float(rb.mean()), b, c, p,
+    return McNemar(cell.attack, cell.eps, name_a, name_b, n, float(ra.mean()), float(rb.mean()),
+                   wilson_interval(int(ra.sum()), n), wilson_interval(int(rb.sum()), n), b, c, p,
                    (b - c) / n, lo, hi, b / c if c else float("inf") if b else float("nan"))
 
 
@@ -123,9 +127,10 @@ def format_comparison(res: dict) -> list[str]:
     lines = [f"A = {res['a']} ({res['a_trial_id']}), B = {res['b']} ({res['b_trial_id']})"]
     m = res["mcnemar"]
     if m:
-        lines.append(f"{m['attack']} eps={m['eps']:g}: robust accuracy A {m['acc_a']:.4f} vs B {m['acc_b']:.4f} on "
-                     f"{m['n']} shared examples; difference {m['diff']:+.4f} (95 % CI {m['diff_ci_low']:+.4f} to "
-                     f"{m['diff_ci_high']:+.4f})")
+        (la, ha), (lb, hb) = m["ci_a"], m["ci_b"]
+        lines.append(f"{m['attack']} eps={m['eps']:g}: robust accuracy A {m['acc_a']:.4f} [{la:.4f}, {ha:.4f}] vs "
+                     f"B {m['acc_b']:.4f} [{lb:.4f}, {hb:.4f}] on {m['n']} shared examples; difference "
+                     f"{m['diff']:+.4f} (95 % CI {m['diff_ci_low']:+.4f} to {m['diff_ci_high']:+.4f})")
         lines.append(f"  exact McNemar: robust only for A {m['only_a']}, only for B {m['only_b']}, "
                      f"odds ratio {m['odds_ratio']:.3g}, p = {m['p_value']:.3g}")
     for w in res["wilcoxon"]:
