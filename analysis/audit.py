@@ -179,7 +179,7 @@ def _steps(cells: list[Cell], t: int) -> dict:
 def _minimal(cells: list[Cell], t: int, rob: pd.DataFrame, trial_id: str) -> dict:
     rates, evidence = [], []
     for c in cells:
-        if c.norm != "none" or not c.present[t].any():
+        if c.norm != "none" or c.derived_from or not c.present[t].any():
             continue
         ok = int((c.clean[t] & c.present[t]).sum())
         found = int((c.found[t] & c.present[t]).sum())

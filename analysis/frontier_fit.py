@@ -144,7 +144,7 @@ def analyse_fronts(sweep: Sweep, resamples: int = 1000, seed: int = 0, cells: li
     total = wt.sum(0)
     tr = _Trials(sweep.trials)
     pts, curves, hvs = [], [], []
-    for cell in cells or [c for c in sweep.cells.values() if c.norm != "none"]:
+    for cell in cells or [c for c in sweep.cells.values() if c.norm != "none" or c.derived_from]:
         rows = np.flatnonzero(cell.has())
         if not len(rows):
             continue

@@ -99,9 +99,9 @@ def compare(sweep: Sweep, a: str, b: str, attack: str, eps: float | None) -> dic
     na, nb = (str(sweep.trials.loc[k, "label"]) for k in (i, j))
     out: dict = {"a": na, "b": nb, "a_trial_id": str(sweep.trials.loc[i, "trial_id"]),
                  "b_trial_id": str(sweep.trials.loc[j, "trial_id"]), "mcnemar": None, "wilcoxon": []}
-    minimal = [c for c in sweep.cells.values() if c.norm == "none"]
+    minimal = [c for c in sweep.cells.values() if c.norm == "none" and not c.derived_from]
     if eps is None:
-        cands = [c for c in sweep.cells.values() if c.attack == attack]
+        cands = [c for c in sweep.cells.values() if c.attack == attack and not c.derived_from]
         if not cands:
             sweep.cell(attack, 0.0)  # raises, naming what exists
         if cands[0].norm != "none":
@@ -110,13 +110,15 @@ def compare(sweep: Sweep, a: str, b: str, attack: str, eps: float | None) -> dic
         minimal = [cands[0]]
     else:
         cell = sweep.cell(attack, eps)
-        if cell.norm == "none":
+        if cell.norm == "none" and not cell.derived_from:
             minimal = [cell]
         else:
             for k, who in ((i, na), (j, nb)):
                 if not cell.present[k].any():
                     raise SpecError(who, f"trial has no {attack} results at eps={eps:g}")
             out["mcnemar"] = asdict(mcnemar(cell, i, j, na, nb))
+            if cell.derived_from:
+                minimal = [c for c in sweep.cells.values() if c.attack == cell.attack and not c.derived_from]
     for c in minimal:
         if c.present[i].any() and c.present[j].any():
             out["wilcoxon"].append(asdict(wilcoxon(c, i, j, na, nb)))

@@ -165,7 +165,7 @@ def plot_accuracy_vs_eps(sweep, stem: Path, max_trials: int = 12) -> list[Path] 
     of minimal-distortion attacks, marked where the attack failed on many correctly classified examples."""
     from advsweep.evaluation.stats import wilson_interval
 
-    cells = [c for c in sweep.cells.values() if not c.attack.startswith("ensemble")]
+    cells = [c for c in sweep.cells.values() if not c.attack.startswith("ensemble") and not c.derived_from]
     norms = sorted({c.norm for c in cells})
     if not cells:
         return None
@@ -263,7 +263,7 @@ def plot_budget(sweep, stem: Path, max_trials: int = 12) -> list[Path] | None:
 def plot_distortions(sweep, stem: Path, max_trials: int = 12) -> list[Path] | None:
     """Empirical distributions (ECDF) of minimal adversarial distances over correctly classified examples; the
     share never broken is the gap below 1 at the right."""
-    cells = [c for c in sweep.cells.values() if c.norm == "none"]
+    cells = [c for c in sweep.cells.values() if c.norm == "none" and not c.derived_from]
     if not cells:
         return None
     fig, axes = plt.subplots(1, len(cells), figsize=(6 * len(cells), 4.2), dpi=110, squeeze=False)
