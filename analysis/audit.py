@@ -294,8 +294,12 @@ def write_audit(sweep: Sweep, audit: Audit, out_dir: str | Path | None = None, m
                           out / "verdicts.parquet", sweep.sweep_id)]
     uri = sweep.manifest.get("mlflow_uri")
     if mlflow and uri:
-        from advsweep.storage.tracking import log_run_audit
+        import os
 
+        from advsweep.storage.tracking import CLIENT_ENV, log_run_audit
+
+        for k, v in CLIENT_ENV.items():  # an unreachable server fails in seconds, not minutes per trial
+            os.environ.setdefault(k, v)
         for v in audit.verdicts.itertuples():
             if not v.mlflow_run_id:
                 continue

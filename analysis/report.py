@@ -35,6 +35,7 @@ class Report:
     fronts: Fronts
     audit: Audit
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # missing or partial results
 
 
 def _esc(v) -> str:
@@ -200,7 +201,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, resam
     timings["html"] = time.perf_counter() - t
     step("html")
     timings["total"] = time.perf_counter() - t0
-    return Report(path, [path, *files], fronts, audit, timings)
+    return Report(path, [path, *files], fronts, audit, timings, sweep.notes)
 
 
 def _front_figure(job) -> tuple[str, list[Path]]:

@@ -209,6 +209,8 @@ def report(
         except SpecError as exc:
             bar.close()
             _fail(exc)
+    for note in result.notes:
+        typer.echo(f"note: {note}")
     for v in result.audit.verdicts.itertuples():
         typer.echo(f"[{v.trial_index:03d}] {v.label}: {v.verdict}")
     typer.echo(f"wrote {result.path} ({result.timings['total']:.1f} s)")
