@@ -106,8 +106,8 @@ def _build(out, data_dir, n_train, n_test, mlflow_uri, attacks) -> Path:
     if mlflow_uri:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(mlflow_uri)
-        exp = client.create_experiment(f"advsweep/{SWEEP_ID}")
+        client = MlflowClient(mlflow_uri)  # artifacts beside the sweep, never in the working directory
+        exp = client.create_experiment(f"advsweep/{SWEEP_ID}", artifact_location=(out / "mlartifacts").as_uri())
         run_ids = {name: client.create_run(exp, run_name=name).info.run_id for name in
                    ("natural", "pgd_at", "quantised", "collapsed")}
     rows = []
