@@ -184,9 +184,12 @@ def _minimal(cells: list[Cell], t: int, rob: pd.DataFrame, trial_id: str) -> dic
         ok = int((c.clean[t] & c.present[t]).sum())
         found = int((c.found[t] & c.present[t]).sum())
         rate = found / ok if ok else np.nan
-        if "success_rate" in rob:  # the robustness table's own figure, where the writer records it
-            hit = rob[(rob["trial_id"] == trial_id) & (rob["attack"] == c.attack)]["success_rate"].dropna()
-            rate = float(hit.iloc[0]) if len(hit) else rate
+        for col in ("found_rate", "success_rate"):  # the robustness table's own figure, where the writer records it
+            if col in rob:
+                hit = rob[(rob["trial_id"] == trial_id) & (rob["attack"] == c.attack) & (rob["eps"] == c.eps)][col]
+                if len(hit.dropna()):
+                    rate = float(hit.dropna().iloc[0])
+                    break
         rates.append((rate, ok))
         evidence.append(f"{c.attack}: adversarial found for {found}/{ok} correctly classified = {rate:.3f}")
     if not rates:

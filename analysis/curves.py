@@ -23,7 +23,8 @@ def minimal_examples(sweep_dir: str | Path) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / "trials").exists():
         raise SpecError(str(sweep_dir), "not a sweep directory (no trials/ table)")
-    df = read_examples(sweep_dir, filter=ds.field("norm") == "none").to_pandas()
+    # ε = 0 rows of a minimal-distortion attack hold the adversarial as found (ε > 0 rows are thresholds of it).
+    df = read_examples(sweep_dir, filter=(ds.field("norm") == "none") & (ds.field("eps") == 0.0)).to_pandas()
     if df.empty:
         return df
     for col in ("trial_id", "attack"):

@@ -75,7 +75,7 @@ class Cell:
     zero_grad_share: np.ndarray | None = None  # per trial: share of examples whose mean input gradient is ~0
     mean_grad: np.ndarray | None = None
     top_pred_share: np.ndarray | None = None  # per trial: share of its most frequent clean prediction
-    derived_from: str | None = None  # ε cell thresholded from a minimal-distortion attack's distances
+    derived_from: str | None = None  # ε > 0 rows of a minimal-distortion attack (thresholds of its distances)
 
     @property
     def key(self) -> tuple[str, float]:
@@ -186,7 +186,10 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
             d = {c: v[m] for c, v in cols.items()}
             d.update(row=rows[m], attack_name=name, norm=norm, params=params)
             examples = np.unique(d["example_index"])
-            cells[(attack, float(eps))] = (_cell((attack, float(eps)), d, len(done), examples), examples)
+            cell = _cell((attack, float(eps)), d, len(done), examples)
+            if norm == "none" and eps > 0:  # the engine's thresholds of the ε = 0 (as found) rows
+                cell.derived_from = attack
+            cells[(attack, float(eps))] = (cell, examples)
             del d
         del cols
     if not cells:
@@ -194,7 +197,6 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     examples = np.unique(np.concatenate([e for _, e in cells.values()]))
     cells = {k: _widen(c, e, examples) for k, (c, e) in cells.items()}
     notes += _coverage_notes(cells, done)
-    cells.update(_thresholded(cells, rob))
     cells.update(_ensembles(cells))
     sweep_id = str(done["sweep_id"].iloc[0])
     return Sweep(sweep_dir, sweep_id, _manifest(sweep_dir), done, all_trials, rob, examples, cells, notes)
@@ -265,21 +267,6 @@ def _coverage_notes(cells: dict, trials: pd.DataFrame) -> list[str]:
             notes.append(f"{attack} at eps={eps:g} partial for {int(partial.sum())} trial(s) "
                          f"({int(n[partial].min())}–{int(n[partial].max())} of {int(n.max())} examples)")
     return notes
-
-
-def _thresholded(cells: dict, rob: pd.DataFrame) -> dict:
-    """ε cells of minimal-distortion attacks at the ε values their robustness rows list (the writer derives those
-    rows by thresholding the per-example distance): robust at ε = correctly classified and no adversarial within ε."""
-    out = {}
-    for (attack, eps0), c in list(cells.items()):
-        if c.norm != "none" or c.distance is None or not len(rob):
-            continue
-        for eps in sorted(set(rob.loc[(rob["attack"].astype(str) == attack) & (rob["eps"] > 0), "eps"])):
-            robust = c.present & c.clean & (np.nan_to_num(c.distance, nan=-1.0) > eps)
-            out[(attack, float(eps))] = Cell(attack, c.attack_name, "none", float(eps), c.params, c.present, robust,
-                                             c.clean, c.clean & c.present & ~robust, c.distance, c.mean_steps,
-                                             c.zero_grad_share, c.mean_grad, c.top_pred_share, derived_from=attack)
-    return out
 
 
 def _ensembles(cells: dict) -> dict:

@@ -77,13 +77,14 @@ def write_sweep(out: Path, n_trials: int, n_examples: int, seed: int = 0) -> flo
                     "attack_params": pa.array(["{}"] * n), "norm": pa.array(["linf"] * n),
                     "eps": np.full(n, eps), "shard": np.zeros(n, np.int32), "example_index": index,
                     "label": label, "clean_pred": clean_pred, "adv_pred": adv, "robust": keep,
+                    "margin": np.where(adv == label, -1.0, 1.0).astype(np.float32),
                     "linf": np.full(n, eps, np.float32), "l2": np.full(n, eps * 10, np.float32),
                     "rms": np.full(n, eps / 3, np.float32), "distance": pa.nulls(n, pa.float32()),
                     "steps": np.full(n, 20 if grads else 1000, np.int32),
                     "grad_norm": rng.uniform(1, 10, n).astype(np.float32) if grads else pa.nulls(n, pa.float32()),
                     "seed": np.zeros(n, np.int64), "wall_time_s": np.full(n, 1.0)}
-                table = pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in S.EXAMPLE_COLUMNS},
-                                 schema=S.EXAMPLE_COLUMNS)
+                table = pa.table({f.name: pa.array(cols.get(f.name, pa.nulls(n, f.type)), type=f.type)
+                                  for f in S.EXAMPLE_COLUMNS}, schema=S.EXAMPLE_COLUMNS)
                 write_atomic(table, example_file(out, trial_id, attack, eps, 0), "bench")
                 k = int(keep.sum())
                 rob_rows.append({"sweep_id": "bench", "trial_id": trial_id, "attack": attack, "attack_name": name,

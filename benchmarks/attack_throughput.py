@@ -217,7 +217,7 @@ def plain_loop(model, x, y, attack_cfg, trial_id, shard, batch, base_seed, eps, 
     clean, adv, l2 = [], [], []
     start = time.perf_counter()
     for s, (lo, hi) in enumerate(shard_bounds(len(x), shard)):
-        seed = Unit(trial_id, attack_cfg, eps, s).seed(base_seed)
+        seed = Unit(trial_id, attack_cfg, (eps,), s).seed(base_seed)
         for i in range(lo, hi, batch):
             xb, yb = x[i:min(i + batch, hi)], y[i:min(i + batch, hi)]
             with torch.no_grad():
@@ -505,7 +505,7 @@ def main(args: argparse.Namespace) -> None:
 def unit0_seed(trial_id, attack_cfg, eps, base_seed):
     from advsweep.evaluation.units import Unit
 
-    return Unit(trial_id, attack_cfg, eps, 0).seed(base_seed)
+    return Unit(trial_id, attack_cfg, (eps,), 0).seed(base_seed)
 
 
 def _r(s):

@@ -37,6 +37,9 @@ def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None
         typer.echo(f"  [{t.index:03d}] {t.model} recipe={t.training.recipe} epochs={t.training.epochs}")
 
 
+MLFLOW_FALLBACK_HELP = "if the tracking server does not answer: `local` logs to the sweep's own sqlite store"
+
+
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
@@ -44,28 +47,89 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="existing Ray cluster (default: a local one)"),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", envvar="MLFLOW_TRACKING_URI",
                                              help="MLflow tracking server (default: sqlite store in the output dir)"),
+    mlflow_fallback: Optional[str] = typer.Option(None, "--mlflow-fallback", help=MLFLOW_FALLBACK_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue the sweep already in --out where it stopped"),
 ) -> None:
     """Run a sweep: train every trial on Ray Tune, attack it, write Parquet + MLflow, plot the frontiers."""
     from advsweep.spec import load_spec
-    from advsweep.sweep.driver import run_sweep
 
     try:
         s = load_spec(spec)
+        if resume and out is None:
+            raise SpecError("--out", "--resume needs the sweep directory to continue")
         out_dir = (out or Path("runs") / f"{s.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}").resolve()
-        result = run_sweep(s, out_dir, address=address, mlflow_uri=mlflow_uri, spec_path=spec)
+    except SpecError as exc:
+        _fail(exc)
+    _run(s, out_dir, address, mlflow_uri, mlflow_fallback, resume, spec)
+
+
+@app.command()
+def resume(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory (interrupted, killed or crashed)"),
+    address: Optional[str] = typer.Option(None, "--address", help="existing Ray cluster (default: a local one)"),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="tracking server (default: the sweep's own)"),
+    mlflow_fallback: Optional[str] = typer.Option(None, "--mlflow-fallback", help=MLFLOW_FALLBACK_HELP),
+) -> None:
+    """Continue a sweep where it stopped: finished trials and evaluation units are kept, the rest continues."""
+    from advsweep.spec import load_spec
+    from advsweep.storage.manifest import read_manifest
+
+    try:
+        read_manifest(sweep_dir)
+        s = load_spec(sweep_dir / "spec.yaml")
+    except SpecError as exc:
+        _fail(exc)
+    _run(s, sweep_dir.resolve(), address, mlflow_uri, mlflow_fallback, True, sweep_dir / "spec.yaml")
+
+
+def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, spec_path) -> None:
+    from advsweep.sweep.driver import run_sweep
+
+    if mlflow_fallback not in (None, "local"):
+        _fail(SpecError("--mlflow-fallback", f"{mlflow_fallback!r}: the only fallback is 'local'"))
+    try:
+        result = run_sweep(s, out_dir, address=address, mlflow_uri=mlflow_uri, spec_path=spec_path, resume=resume,
+                           mlflow_fallback=mlflow_fallback)
     except SpecError as exc:
         _fail(exc)
     o = result.out_dir
     typer.echo("")
-    typer.echo(f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials completed")
+    states = ", ".join(f"{v} {k}" for k, v in result.by_status.items())
+    typer.echo(f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials completed ({states})")
+    if result.status == "interrupted":
+        typer.echo(f"  interrupted: continue with  advsweep resume {o}")
+        raise typer.Exit(130)
     typer.echo(f"  Parquet   {o / 'trials'}  {o / 'examples'}  {o / 'robustness'}  {o / 'epochs'}")
     typer.echo(f"  MLflow    {result.mlflow_uri}  (experiment advsweep/{result.sweep_id})")
     if result.mlflow_uri.startswith("sqlite:"):
         typer.echo(f"            UI: mlflow ui --backend-store-uri {result.mlflow_uri} --host 127.0.0.1 --port 5000")
+    if result.mlflow_failures:
+        typer.echo(f"            {result.mlflow_failures} tracking calls of the driver failed; complete the runs with"
+                   f"  advsweep mlflow-sync {o} --mlflow-uri {result.mlflow_uri}")
     typer.echo(f"  Frontiers {o / 'frontier'}")
     typer.echo(f"  Query     duckdb -c \"SELECT * FROM read_parquet('{o}/robustness/*.parquet')\"")
     if result.n_completed < result.n_trials:
         raise typer.Exit(1)
+
+
+@app.command("mlflow-sync")
+def mlflow_sync(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", envvar="MLFLOW_TRACKING_URI",
+                                             help="tracking server (default: the one the sweep logged to)"),
+) -> None:
+    """Replay a sweep's Parquet tables into the tracking server (after an outage), without duplicating runs."""
+    from advsweep.storage.manifest import read_manifest
+    from advsweep.storage.mlflow_sync import sync
+    from advsweep.storage.tracking import runtime_uri
+
+    try:
+        uri = mlflow_uri or runtime_uri(read_manifest(sweep_dir).get("mlflow_uri"), sweep_dir.resolve())
+        counts = sync(sweep_dir, uri)
+    except SpecError as exc:
+        _fail(exc)
+    typer.echo(f"{sweep_dir}: {counts['runs_created']} runs created, {counts['metrics']} metric values and "
+               f"{counts['artifacts']} artifacts added in {uri}")
 
 
 @app.command()
@@ -76,7 +140,10 @@ def frontier(
     """Pareto fronts of (natural, robust) accuracy per attack × ε: a PNG each, plus front.csv/front.parquet."""
     from advsweep.analysis.frontier import compute_fronts, load_points, write_frontiers
 
+    from advsweep.storage.manifest import require_results
+
     try:
+        require_results(sweep_dir)
         files = write_frontiers(sweep_dir, out)
         table = compute_fronts(load_points(sweep_dir))
     except SpecError as exc:
@@ -104,15 +171,20 @@ def eval_(
     from advsweep.sweep.evaluate import attack_configs, check_evaluation, load_sweep_data, run_evaluation_stage, trial_rows_from_table
 
     try:
+        from advsweep.storage.manifest import require_results
+        from advsweep.storage.tracking import runtime_uri
+
         s = load_suite(suite)
         sweep_dir = sweep_dir.resolve()
+        require_results(sweep_dir)
         manifest, data = load_sweep_data(sweep_dir)
         rows = trial_rows_from_table(sweep_dir)
-        check_evaluation(sweep_dir, rows, attack_configs(s.attacks))
+        skip = check_evaluation(sweep_dir, rows, attack_configs(s.attacks))
         init_ray(address, dict(CLIENT_ENV))
         counts = run_evaluation_stage(sweep_dir, manifest["sweep_id"], rows, attack_configs(s.attacks), data,
-                                      s.eval.model_dump(), manifest.get("mlflow_uri"), s.resources.cpu,
-                                      s.resources.gpu, workers)
+                                      s.eval.model_dump(), runtime_uri(manifest.get("mlflow_uri"), sweep_dir),
+                                      s.resources.cpu,
+                                      s.resources.gpu, workers, skip=skip)
     except SpecError as exc:
         _fail(exc)
     typer.echo(f"{counts['ran']} of {counts['units']} units run ({counts['resubmitted']} resubmitted); "
@@ -127,7 +199,10 @@ def curves(
     """Accuracy-vs-ε curves (ℓ2, ℓ∞, RMS) and minimal-distortion statistics from minimal-perturbation attacks."""
     from advsweep.analysis.curves import write_curves
 
+    from advsweep.storage.manifest import require_results
+
     try:
+        require_results(sweep_dir)
         files = write_curves(sweep_dir, out)
     except SpecError as exc:
         _fail(exc)

@@ -60,6 +60,8 @@ class AttackSpec(BaseModel):
     eps: list[NonNegative] = Field(default_factory=lambda: [0.0])  # ℓ∞ ε ≤ 1 is checked against the attack's norm
     # Transfer attacks: the trial (id, or index in the spec's trial list) whose model crafts the examples.
     source_trial: str | int | None = None
+    # Run only on these trials (ids, or indices in the spec's trial list); default: every completed trial.
+    trials: list[str | int] | None = Field(default=None, min_length=1)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -94,6 +96,7 @@ class SchedulerSpec(_Strict):
 class ResourcesSpec(_Strict):
     cpu: PositiveFloat = 1
     gpu: confloat(ge=0) = 0
+    memory_gb: PositiveFloat | None = None  # per trial: Ray schedules no more trials than the node's memory holds
     max_concurrent: PositiveInt | None = None
 
 
@@ -303,6 +306,10 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     for f, fam in enumerate(raw.trials):
         for cfg in expand_family(fam, f, rng):
             trials.append(_validated_trial(cfg, f, len(trials)))
+    for i, atk in enumerate(raw.attacks):
+        for j, t in enumerate(atk.trials or []):
+            if isinstance(t, int) and not 0 <= t < len(trials):
+                raise SpecError(f"attacks[{i}].trials[{j}]", f"trial index {t} is not in 0..{len(trials) - 1}")
     if raw.scheduler.type == "asha" and raw.monitor is None and raw.scheduler.metric.startswith("val_robust"):
         raise SpecError("scheduler.metric", "val_robust_acc needs a `monitor` section")
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -322,7 +329,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SpecError(str(path), "file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(_read_text(p))
     except yaml.YAMLError as exc:
         raise SpecError(str(path), f"not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -340,8 +347,17 @@ def load_suite(path: str | Path) -> SuiteSpec:
     return suite
 
 
+def _read_text(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(str(p), "not a text file (expected a YAML spec)") from None
+    except OSError as exc:
+        raise SpecError(str(p), f"cannot be read ({exc.strerror})") from None
+
+
 def load_spec(path: str | Path) -> Spec:
     p = Path(path)
     if not p.is_file():
         raise SpecError(str(path), "spec file not found")
-    return parse_spec(p.read_text(), str(path))
+    return parse_spec(_read_text(p), str(path))

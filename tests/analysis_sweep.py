@@ -23,9 +23,9 @@ from torch import nn
 from advsweep.attacks import build_attack
 from advsweep.data import load_dataset, stratified_subset
 from advsweep.evaluation.aggregate import robustness_table
-from advsweep.evaluation.shard import predict, run_unit
+from advsweep.evaluation.shard import predict_logits, run_unit
 from advsweep.evaluation.stats import wilson_interval
-from advsweep.evaluation.units import AttackConfig, Unit
+from advsweep.evaluation.units import AttackConfig, make_units
 from advsweep.storage.parquet import example_file, read_examples, trials_table, write_atomic
 
 SWEEP_ID = "analysis-test"
@@ -113,13 +113,11 @@ def _build(out, data_dir, n_train, n_test, mlflow_uri, attacks) -> Path:
     rows = []
     for i, (name, model) in enumerate(models(data, n_train).items()):
         trial_id = f"t{i}_{name}"
-        clean = predict(model, x, 256, torch.device("cpu"))
-        for atk in attacks:
-            for eps in atk.eps:
-                table = run_unit(model, Unit(trial_id, atk, eps, 0), x, y, test_idx, clean, SWEEP_ID, 0, 256,
-                                 torch.device("cpu"))
-                write_atomic(table, example_file(out, trial_id, atk.label, eps, 0), SWEEP_ID)
-        k = int((clean == y).sum())
+        logits = predict_logits(model, x, 256, torch.device("cpu"))
+        for unit in make_units(trial_id, attacks, n_test, n_test):
+            for eps, table in run_unit(model, unit, x, y, test_idx, logits, SWEEP_ID, 0, 256, torch.device("cpu")):
+                write_atomic(table, example_file(out, trial_id, unit.attack.label, eps, unit.shard), SWEEP_ID)
+        k = int((logits.argmax(1) == y).sum())
         lo, hi = wilson_interval(k, n_test)
         rows.append({"schema_version": "1", "sweep_id": SWEEP_ID, "trial_id": trial_id, "trial_index": i,
                      "family": 0, "model_name": "mlp", "status": "completed", "epochs_completed": 4,

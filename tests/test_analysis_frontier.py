@@ -174,13 +174,9 @@ def test_attacks_on_different_example_subsets_share_one_example_axis(tmp_path):
     assert ens.present[0].sum() == 50 and fgsm.accuracy()[0] == 30 / 50
 
 
-def test_minimal_distortion_attacks_get_eps_cells_where_the_robustness_table_lists_them(tmp_path):
-    """Rows that the robustness writer derives by thresholding distances (issue 7) become frontier cells."""
-    import pyarrow as pa
-
-    from advsweep.storage import schema as S
-    from advsweep.storage.parquet import read_robustness, write_atomic
-
+def test_thresholded_minimal_distortion_rows_become_frontier_cells(tmp_path):
+    """The engine writes a minimal-distortion attack's ε > 0 rows by thresholding its distances (ε = 0: as found);
+    those rows are frontier cells, the ε = 0 rows feed the distance statistics."""
     write_trials(tmp_path, [{"trial_id": t, "model_name": "m", "config": {"model.width": w}}
                             for t, w in (("A", 8), ("B", 16))])
     label = np.zeros(5, np.int32)
@@ -188,19 +184,19 @@ def test_minimal_distortion_attacks_get_eps_cells_where_the_robustness_table_lis
                            ("B", [0.7, 0.8, 0.9, 1.2, 2.0], [0, 0, 0, 0, 0])):
         dist = np.array(dist, np.float32)
         clean = np.array(clean, np.int32)
-        adv = np.where(np.isinf(dist) | (clean != 0), clean, 3).astype(np.int32)
-        write_cell(tmp_path, t, "deepfool", 0.0, label, clean, adv, name="deepfool", norm="none", distance=dist)
-    finish(tmp_path)
-    rob = read_robustness(tmp_path)
-    extra = [{"sweep_id": "synth", "trial_id": t, "attack": "deepfool", "attack_name": "deepfool", "norm": "none",
-              "eps": e, "n": 5, "n_robust": 0, "robust_acc": 0.0, "ci_low": 0.0, "ci_high": 0.0}
-             for t in ("A", "B") for e in (0.5, 1.0)]
-    write_atomic(pa.concat_tables([rob, pa.Table.from_pylist(extra, schema=S.ROBUSTNESS)]),
-                 tmp_path / "robustness" / "part-0.parquet", "synth")
-    sweep = load_sweep(tmp_path)
+        for eps in (0.0, 0.5, 1.0):
+            broken = np.isfinite(dist) & (clean == 0) & ((dist <= eps) | (eps == 0))
+            adv = np.where(broken, 3, clean).astype(np.int32)
+            write_cell(tmp_path, t, "deepfool", eps, label, clean, adv, name="deepfool", norm="none", distance=dist)
+    sweep = load_sweep(finish(tmp_path))
     half = sweep.cell("deepfool", 0.5)
-    assert half.derived_from == "deepfool"
+    assert half.derived_from == "deepfool" and sweep.cell("deepfool", 0.0).derived_from is None
     assert half.robust.tolist() == [[False, True, True, True, False], [True, True, True, True, True]]
     assert sweep.cell("deepfool", 1.0).accuracy().tolist() == [0.4, 0.4]
     pts = analyse_fronts(sweep, resamples=50).points
     assert set(zip(pts["attack"], pts["eps"])) == {("deepfool", 0.5), ("deepfool", 1.0)}
+    from advsweep.analysis.paired import compare
+
+    res = compare(sweep, "A", "B", "deepfool", 0.5)
+    assert (res["mcnemar"]["only_a"], res["mcnemar"]["only_b"]) == (0, 2)
+    assert len(res["wilcoxon"]) == 1  # on the ε = 0 distances

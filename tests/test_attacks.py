@@ -409,3 +409,74 @@ def test_gradient_agreement_adjoint_vs_backprop():
     assert all(not b.adjoint for b in ode_blocks(ode))
     with pytest.raises(ValueError):
         gradient_agreement(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), x, y)
+
+
+# ------------------------------------------------------------- successes that hold in any batch size and precision
+
+@pytest.fixture(scope="module")
+def trained_resnet():
+    """(model, x, y): the zoo's `resnet` (width 16, GroupNorm) trained for four epochs on 3,000 Fashion-MNIST images."""
+    torch.manual_seed(0)
+    if FMNIST.exists():
+        (xtr, ytr), (x, y) = _fmnist("train", 3000), _fmnist("test", 48)
+    else:  # pragma: no cover
+        (xtr, ytr), (x, y) = _synthetic(3000, 0), _synthetic(48, 1)
+    model = build_model("resnet", 1, 10, 28, width=16, blocks=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(4):
+        perm = torch.randperm(len(xtr))
+        for i in range(0, len(xtr), 50):
+            b = perm[i:i + 50]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xtr[b]), ytr[b]).backward()
+            opt.step()
+    model.eval()
+    assert _acc(model, x, y) > 0.55
+    return model, x, y
+
+
+def _adversarial_everywhere(model, x_adv, y) -> torch.Tensor:
+    """Per example: misclassified when evaluated alone, in batches of 7 and 32, all at once, and in float64."""
+    ok = torch.ones(len(y), dtype=torch.bool)
+    with torch.no_grad():
+        for bs in (1, 7, 32, len(y)):
+            pred = torch.cat([model(x_adv[i:i + bs]).argmax(1) for i in range(0, len(y), bs)])
+            ok &= pred != y
+        ok &= copy.deepcopy(model).double()(x_adv.double()).argmax(1) != y
+    return ok
+
+
+@pytest.mark.parametrize("name, options", [
+    ("deepfool", {}), ("deepfool", {"box_aware": True}), ("lbfgs_min", {"search_steps": 4, "maxiter": 30}),
+    ("fab", {"steps": 20}),
+    ("fab", {"steps": 20, "p": "linf"}), ("boundary", {"steps": 300}), ("cw_l2", {"steps": 30, "binary_search_steps": 3}),
+])
+@pytest.mark.parametrize("which", ["clf", "trained_resnet"])
+def test_minimal_distortion_successes_hold_in_any_batch_and_precision(name, options, which, request):
+    model, x, y = request.getfixturevalue(which)
+    eps = 100.0  # cw_l2 and boundary: large enough that the ball holds every adversarial found
+    res = build_attack(name, model, eps, 0, **options)(x, y)
+    wrong = _fooled(model, x, y)
+    found = torch.isfinite(res.distance) & ~wrong
+    assert found.sum() >= 0.5 * (~wrong).sum(), f"{name} found only {int(found.sum())} of {int((~wrong).sum())}"
+    held = _adversarial_everywhere(model, res.x_adv, y)
+    assert held[found].all(), f"{int((~held[found]).sum())} of {int(found.sum())} {name} successes do not hold"
+    # and the margin is not a rounding artefact: at least MARGIN_RTOL of the clean logit range
+    from advsweep.attacks._util import margin_tolerance
+
+    with torch.no_grad():
+        m = margin(model(res.x_adv), y)
+        tol = margin_tolerance(model(x))
+    assert (m[found] > 0.99 * tol[found]).all()
+
+
+def test_fgsm_and_pgd_bit_identical_to_torchattacks_on_a_trained_resnet(trained_resnet):
+    model, x, y = trained_resnet
+    x, y = x[:32], y[:32]  # a power of two: torchattacks' mean-loss gradient is then an exact rescaling of ours
+    ta = torchattacks.FGSM(model, eps=0.05)(x, y)
+    assert torch.equal(build_attack("fgsm", model, 0.05, 0)(x, y).x_adv, ta)
+    torch.manual_seed(3)
+    ta = torchattacks.PGD(model, eps=0.05, alpha=0.01, steps=10, random_start=True)(x, y)
+    ours = build_attack("pgd", model, 0.05, 3, steps=10, alpha=0.01, keep_best=False)(x, y).x_adv
+    assert torch.equal(ours, ta)

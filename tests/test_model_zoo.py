@@ -70,7 +70,7 @@ def test_zoo_registered():
     # defaults follow the papers
     assert MODELS.validate("sonet", {}, "m") | {} == {
         "width": 64, "blocks": [2, 2, 2, 2], "gamma": 0.0, "bias": False, "solver": "dopri5", "rtol": 0.1,
-        "atol": 0.1, "step_size": None, "T": 1.0, "adjoint": False}
+        "atol": 0.1, "step_size": None, "T": 1.0, "adjoint": False, "max_num_steps": 1000}
     assert MODELS.validate("soblock", {}, "m")["blocks"] == [1, 1, 1, 1]
     assert MODELS.validate("odenet_mnist", {}, "m")["rtol"] == 1e-3
 

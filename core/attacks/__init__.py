@@ -7,7 +7,13 @@ The caller puts the model in eval mode; attacks never change its mode or weights
 
 `norm` is the threat model: "linf" / "l2" for ε-bounded attacks (x_adv lies in the ε-ball around x and in [0,1];
 eps=0 returns x unchanged), "none" for minimal-distortion attacks whose eps is ignored (they return each example's
-smallest adversarial found, or x where none was found, and its distance).
+smallest adversarial found, or x where none was found, and its distance). In a sweep, a minimal-distortion attack
+runs once per shard and its rows at each listed ε > 0 count an example as broken iff the distance found ≤ ε (in the
+attack's own norm: ℓ2, or FAB's `p`); ε = 0 means unbounded (broken iff an adversarial was found at all).
+
+Every adversarial a minimal-distortion attack reports is misclassified by more than `_util.margin_tolerance`, so it
+stays adversarial in any batch size or precision; the engine decides every attack's robust flag by re-evaluating the
+returned points in its own batch size and records the logit margin there.
 
 Per-example bookkeeping in `AttackResult`:
 - `steps`: gradient evaluations for white-box attacks, model queries (forward passes) for black-box ones; the total
@@ -47,6 +53,18 @@ class AttackResult:
 class Attack:
     norm: ClassVar[str] = "linf"
     uses_gradients: ClassVar[bool] = True
+
+    @classmethod
+    def derives_eps(cls, options: dict[str, Any]) -> bool:
+        """True when one run at the largest ε gives the result at every ε by thresholding `distance` (the engine then
+        runs it once per shard). Minimal-distortion attacks (norm "none"), and `boundary` without early stopping."""
+        return cls.norm == "none"
+
+    @classmethod
+    def not_applicable(cls, model: nn.Module, options: dict[str, Any]) -> str | None:
+        """Why this attack does not apply to `model` (e.g. solver settings on a model without ODE blocks), else None.
+        The engine skips such (trial, attack) pairs and records the reason instead of failing the evaluation."""
+        return None
 
     def __init__(self, model: nn.Module, eps: float, seed: int):
         if eps < 0:

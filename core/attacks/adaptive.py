@@ -127,6 +127,12 @@ class SolverSurrogate(_Wrapper):
             raise ValueError(f"solver_surrogate needs a model with ODE blocks; "
                              f"{getattr(model, 'registry_name', type(model).__name__)!r} has none")
 
+    @classmethod
+    def not_applicable(cls, model, options):
+        if not ode_blocks(model):
+            return f"{getattr(model, 'registry_name', type(model).__name__)} has no ODE blocks to change the solver of"
+        return None
+
     def surrogate(self) -> nn.Module:
         return with_solver(self.model, **self.surrogate_settings)
 

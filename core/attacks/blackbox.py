@@ -10,7 +10,7 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from advsweep.attacks import Attack, AttackResult, register_attack
-from advsweep.attacks._util import bview, l2, margin, predict, project_linf, unchanged
+from advsweep.attacks._util import bview, confirm_adversarial, l2, margin, margin_tolerance, predict, project_linf, unchanged
 
 # Inputs per forward pass when SPSA evaluates its perturbed copies (memory, not semantics).
 _SPSA_CHUNK = 8192
@@ -215,6 +215,10 @@ class Boundary(Attack):
         shape = (n, *x.shape[1:])
         return candidates.view(shape), spherical.view(shape), source_norms
 
+    @classmethod
+    def derives_eps(cls, options):
+        return not options.get("early_stop", False)  # the walk then does not depend on ε
+
     @torch.no_grad()
     def run(self, x, y):
         n, dev = len(x), x.device
@@ -275,8 +279,12 @@ class Boundary(Attack):
                     source_steps[idx[up]] *= a
                     source_steps[idx[down]] /= a
                     step_stats.clear(idx[up | down])
-        dist = l2(adv - x)
-        dist = torch.where(found, dist, torch.full_like(dist, float("inf")))
+        # The walk hugs the boundary: push its points until the margin holds (or report them as not found).
+        tol = margin_tolerance(self.model(x))
+        pushed, ok, dist = confirm_adversarial(self.model, x, y, adv, found & ~wrong, tol, "l2")
+        adv = torch.where(bview(wrong, x), adv, pushed)
+        found = wrong | ok
+        dist = torch.where(wrong, l2(adv - x), dist)
         within = found & (dist <= self.eps)
         x_adv = torch.where(bview(within, x), adv, x)
         return AttackResult(x_adv=x_adv, steps=queries.to(torch.int32), distance=dist.cpu())

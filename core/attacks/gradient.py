@@ -25,9 +25,11 @@ from advsweep.attacks._util import (
     Probability,
     ResizeRate,
     bview,
+    confirm_adversarial,
     l1,
     l2,
     loss_per_example,
+    margin_tolerance,
     margin,
     predict,
     project_l2,
@@ -301,8 +303,9 @@ class CWL2(Attack):
             upper = torch.where(succeeded, torch.min(upper, c), upper)
             lower = torch.where(succeeded, lower, torch.max(lower, c))
             c = torch.where(torch.isfinite(upper), (lower + upper) / 2, c * 10)
-        found = torch.isfinite(best_l2)
-        distance = best_l2.sqrt()
+        with torch.no_grad():
+            tol = margin_tolerance(self.model(x))
+        best_adv, found, distance = confirm_adversarial(self.model, x, y, best_adv, torch.isfinite(best_l2), tol, "l2")
         delta = best_adv - x
         factor = torch.clamp(self.eps / distance.clamp_min(1e-12), max=1.0)
         x_adv = torch.clamp(x + delta * bview(factor, delta), 0, 1)

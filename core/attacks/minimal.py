@@ -2,7 +2,9 @@
 
 Each returns, per example, the smallest adversarial it found as x_adv (x where it found none, and x for an input
 that is already misclassified) and its ℓ2 `distance` (inf where none was found, 0 for a misclassified input); the
-engine derives ℓ2, ℓ∞ and RMS per pixel and accuracy-vs-ε curves from these. (`fab` in torchattacks_based.py is the
+engine derives ℓ2, ℓ∞ and RMS per pixel and accuracy-vs-ε curves from these. A point is returned as found only if it
+is misclassified by more than `_util.margin_tolerance` (checked by `_util.confirm_adversarial`), so a reported
+distance holds in any batch size and precision. (`fab` in torchattacks_based.py is the
 third minimum-norm attack.)
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from advsweep.attacks import Attack, AttackResult, register_attack
-from advsweep.attacks._util import GradLog, bview, l2, predict
+from advsweep.attacks._util import GradLog, bview, confirm_adversarial, l2, margin, margin_tolerance
 
 
 def _single_threaded_blas():
@@ -43,39 +45,47 @@ class DeepFool(Attack):
     classes, step to the nearest linearised boundary (|f_l|+1e-4)/‖∇f_l‖²·∇f_l, accumulate r_tot, and set
     x_i = clip(x + (1+overshoot)·r_tot). torchattacks.DeepFool is not used: it loops over examples in Python and
     applies the overshoot to every step instead of to the total (its PyPI build also lags label-index fixes, #153).
-    `steps` counts Jacobian evaluations (each costs `candidates`−1 backward passes); grad_norm is the mean ℓ1 norm of
-    the followed ∇(f_l − f_y)."""
+
+    An example is done only once its wrong-class margin exceeds `margin_tolerance` (not when one argmax flips), and
+    `confirm_adversarial` re-checks the final points, so every success holds wherever the model is evaluated; r_tot
+    follows the clipped point (what the box clips off does not accumulate).
+
+    `box_aware=True` also leaves pixels pinned at 0 or 1 whose gradient points out of [0,1] out of the linearisation,
+    so each step is the full linearised step over the pixels that can move. Measured on Fashion-MNIST (200 test
+    images): it needs 5× fewer Jacobians on an MLP (3.3 vs 17.5 per example) but finds larger perturbations (median ℓ2
+    1.234 vs 1.214 on the MLP, 1.24 vs 1.05 on a GroupNorm ResNet: the full step lands further past the curved
+    boundary than the many shorter clipped steps), so the default is off: a minimal-distortion attack is judged by
+    the distance it finds. `steps` counts Jacobian evaluations (each costs `candidates`−1 backward passes); grad_norm
+    is the mean ℓ1 norm of the followed ∇(f_l − f_y)."""
 
     norm = "none"
 
     def __init__(self, model, eps, seed, steps: PositiveInt = 50, overshoot: NonNegativeFloat = 0.02,
-                 candidates: Annotated[int, Field(ge=2)] = 10):
+                 candidates: Annotated[int, Field(ge=2)] = 10, box_aware: bool = False):
         super().__init__(model, eps, seed)
-        self.steps, self.overshoot, self.candidates = steps, overshoot, candidates
+        self.steps, self.overshoot, self.candidates, self.box_aware = steps, overshoot, candidates, box_aware
 
     def run(self, x, y):
         n = len(x)
         log = GradLog(n)
         with torch.no_grad():
             logits0 = self.model(x)
+        tol = margin_tolerance(logits0)
         wrong = logits0.argmax(1) != y
         k = min(self.candidates, logits0.shape[1]) - 1  # wrong classes considered
         others = logits0.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, :k]
+        scale = 1 + self.overshoot
         r_tot = torch.zeros_like(x)
         x_i = x.clone()
         active = ~wrong
-        adversarial = wrong.clone()
-        for it in range(self.steps + 1):
+        for _ in range(self.steps):
             idx = active.nonzero().flatten()
             if idx.numel() == 0:
-                break
-            if it == self.steps:  # the last pass only checks the final iterates
-                adversarial[idx] = predict(self.model, x_i[idx]) != y[idx]
                 break
             xi = x_i[idx].detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = self.model(xi)
-                still = (logits.argmax(1) == y[idx]).detach()
+                done = (margin(logits.detach(), y[idx]) > tol[idx])
                 z_y = logits.gather(1, y[idx, None]).squeeze(1)
                 fs, gs = [], []
                 for j in range(k):
@@ -83,25 +93,25 @@ class DeepFool(Attack):
                     (g_j,) = torch.autograd.grad(f_j.sum(), xi, retain_graph=j < k - 1)
                     fs.append(f_j.detach())
                     gs.append(g_j)
-            done = idx[~still]
-            adversarial[done] = True
-            active[done] = False
-            keep = still.nonzero().flatten()
+            active[idx[done]] = False
+            keep = (~done).nonzero().flatten()
             if keep.numel() == 0:
                 break
+            sel = idx[keep]
             f = torch.stack(fs, 1)[keep]  # (m, k), f < 0 while still correct
             g = torch.stack(gs, 1)[keep]  # (m, k, ...)
+            if self.box_aware:  # pinned pixels cannot move
+                xk = x_i[sel].unsqueeze(1)
+                g = g.masked_fill(((xk <= 0) & (g < 0)) | ((xk >= 1) & (g > 0)), 0.0)
             gnorm = g.flatten(2).norm(dim=2)
             best = (f.abs() / (gnorm + 1e-8)).argmin(1)
             rows = torch.arange(len(keep), device=x.device)
             w, fb, wn = g[rows, best], f[rows, best], gnorm[rows, best]
             r = bview((fb.abs() + 1e-4) / (wn ** 2 + 1e-12), w) * w
-            sel = idx[keep]
             log.add(sel, w)
-            r_tot[sel] += r
-            x_i[sel] = torch.clamp(x[sel] + (1 + self.overshoot) * r_tot[sel], 0, 1)
-        best = torch.where(bview(adversarial, x), x_i, x)
-        dist = torch.where(adversarial, l2(best - x), torch.full((n,), float("inf"), device=x.device))
+            x_i[sel] = torch.clamp(x[sel] + scale * (r_tot[sel] + r), 0, 1)
+            r_tot[sel] = (x_i[sel] - x[sel]) / scale  # what was clipped off does not accumulate
+        best, found, dist = confirm_adversarial(self.model, x, y, x_i, ~wrong, tol, "l2")
         return _finish(x, y, self.model, best, dist, log, wrong)
 
 
@@ -157,6 +167,7 @@ class LBFGSMin(Attack):
         log = GradLog(n)
         with torch.no_grad():
             logits0 = self.model(x)
+        tol = margin_tolerance(logits0)
         wrong = logits0.argmax(1) != y
         best = x.clone()
         best_d = torch.full((n,), float("inf"), device=x.device)
@@ -170,7 +181,8 @@ class LBFGSMin(Attack):
             upper = torch.full_like(c, float("inf"))
             for _ in range(self.search_steps):
                 xa = self._lbfgs(xs, ts, c, log, idx)
-                succ = predict(self.model, xa) != ys
+                with torch.no_grad():
+                    succ = margin(self.model(xa), ys) > tol[idx]
                 d = l2(xa - xs)
                 better = succ & (d < best_d[idx])
                 best[idx[better]] = xa[better]
@@ -179,4 +191,5 @@ class LBFGSMin(Attack):
                 upper = torch.where(succ, upper, torch.min(upper, c))
                 bracketed = (lower > 0) & torch.isfinite(upper)
                 c = torch.where(bracketed, (lower * upper).sqrt(), torch.where(succ, c * 10, c / 10))
+        best, found, best_d = confirm_adversarial(self.model, x, y, best, torch.isfinite(best_d) & ~wrong, tol, "l2")
         return _finish(x, y, self.model, best, best_d, log, wrong)

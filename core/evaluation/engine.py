@@ -45,6 +45,7 @@ def default_worker_env(threads: int) -> dict[str, str]:
 class TrialRef:
     trial_id: str
     checkpoint: str
+    index: int | None = None  # position in the spec's trial list (attacks may name trials by it)
 
 
 class EvalWorker:
@@ -72,7 +73,7 @@ class EvalWorker:
 
     def run(self, unit: Unit, checkpoint: str, x: np.ndarray, y: np.ndarray, index: np.ndarray, base_seed: int,
             batch_size: int, source_checkpoint: str | None = None) -> dict[str, Any]:
-        from advsweep.evaluation.shard import predict, run_unit
+        from advsweep.evaluation.shard import predict_logits, run_unit
         from advsweep.storage.parquet import write_atomic
         from advsweep.training.trainer import as_float_images
 
@@ -83,23 +84,29 @@ class EvalWorker:
         yt = torch.from_numpy(np.array(y)).long()
         key = (checkpoint, unit.shard)
         if key not in self.clean:
-            self.clean[key] = predict(model, xt, batch_size, self.device)
-        table = run_unit(model, unit, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
-                         self.device, source_model=source)
+            self.clean[key] = predict_logits(model, xt, batch_size, self.device)
+        tables = run_unit(model, unit, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
+                          self.device, source_model=source)
         if self.crash_marker and not os.path.exists(self.crash_marker):
             Path(self.crash_marker).write_text(str(unit))
             os._exit(1)
-        path = example_file(self.out_dir, unit.trial_id, unit.attack.label, unit.eps, unit.shard)
-        write_atomic(table, path, self.sweep_id)
-        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid(),
+        paths = []
+        for eps, table in tables:
+            path = example_file(self.out_dir, unit.trial_id, unit.attack.label, eps, unit.shard)
+            write_atomic(table, path, self.sweep_id)
+            paths.append(str(path))
+        return {"paths": paths, "rows": sum(t.num_rows for _, t in tables), "examples": len(x),
+                "seconds": time.perf_counter() - start, "pid": os.getpid(),
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[AttackConfig], n: int,
-                  shard_size: int) -> tuple[list[Unit], list[Unit]]:
-    """(all units, units whose file is not there yet)."""
-    units = [u for t in trials for u in make_units(t.trial_id, attacks, n, shard_size)]
-    todo = [u for u in units if not example_file(out_dir, u.trial_id, u.attack.label, u.eps, u.shard).exists()]
+                  shard_size: int, skip: set[tuple[str, str]] = frozenset()) -> tuple[list[Unit], list[Unit]]:
+    """(all units, units with a file not there yet). `skip`: (trial id, attack label) pairs not to run."""
+    units = [u for t in trials for u in make_units(t.trial_id, attacks, n, shard_size, t.index)
+             if (u.trial_id, u.attack.label) not in skip]
+    todo = [u for u in units
+            if not all(example_file(out_dir, u.trial_id, u.attack.label, e, u.shard).exists() for e in u.eps)]
     return units, todo
 
 
@@ -107,7 +114,8 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
              x: np.ndarray, y: np.ndarray, index: np.ndarray, *, shard_size: int, batch_size: int, base_seed: int,
              num_workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
              source_checkpoints: dict[str, str] | None = None, progress: Callable[[Unit, dict], None] | None = None,
-             crash_marker: str | None = None, worker_env: dict[str, str] | None = None) -> dict[str, int]:
+             crash_marker: str | None = None, worker_env: dict[str, str] | None = None,
+             skip: set[tuple[str, str]] = frozenset()) -> dict[str, int]:
     """Run every pending unit on a pool of actors; returns counts. Ray must be initialised by the caller.
 
     `source_checkpoints` maps an attack label to the checkpoint it crafts on (transfer attacks). `worker_env`:
@@ -115,7 +123,7 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     import ray
 
     out_dir = str(Path(out_dir).resolve())
-    units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size)
+    units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
     if not todo:
         return {"units": len(units), "ran": 0, "resubmitted": 0}
     ckpt = {t.trial_id: t.checkpoint for t in trials}

@@ -5,9 +5,10 @@ always set explicitly (default T, i.e. one step, recorded either way).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.odeint import SOLVERS
@@ -15,6 +16,13 @@ from torchdiffeq._impl.odeint import SOLVERS
 SOLVER_NAMES = tuple(sorted(SOLVERS))
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "fixed_adams", "heun2", "heun3")
 Solver = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
+# Adaptive solvers in float32 cannot honour a tolerance below its resolution (ε₃₂ ≈ 1.2e-7): a dopri5 block at
+# rtol = atol = 1e-12 shrinks its step until memory runs out. Such values are refused at spec time.
+FLOAT32_TOL_FLOOR = 1e-7
+Tolerance = Annotated[float, Field(ge=FLOAT32_TOL_FLOOR)]
+# Step budget of an adaptive solve (torchdiffeq's max_num_steps): a runaway solve fails the trial in seconds.
+DEFAULT_MAX_NUM_STEPS = 1000
+MaxNumSteps = Annotated[int, Field(ge=1)]
 
 
 class _Counted(nn.Module):
@@ -48,12 +56,14 @@ class ODEBlock(nn.Module):
         step_size: float | None = None,
         T: float = 1.0,
         adjoint: bool = False,
+        max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
     ):
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; known: {', '.join(SOLVER_NAMES)}")
         self.dynamics = _Counted(func, self)
         self.solver, self.rtol, self.atol, self.T, self.adjoint = solver, rtol, atol, T, adjoint
+        self.max_num_steps = max_num_steps
         self.step_size = (step_size if step_size is not None else T) if solver in FIXED_STEP_SOLVERS else None
         self.nfe_forward = 0
         self.nfe_backward = 0
@@ -68,7 +78,8 @@ class ODEBlock(nn.Module):
 
     def forward(self, h):
         t = torch.tensor([0.0, self.T], dtype=torch.float32, device=h[0].device if isinstance(h, tuple) else h.device)
-        options = {"step_size": self.step_size} if self.step_size is not None else None
+        options = ({"step_size": self.step_size} if self.step_size is not None
+                   else {"max_num_steps": getattr(self, "max_num_steps", DEFAULT_MAX_NUM_STEPS)})
         self._solving = True
         try:
             if self.adjoint:

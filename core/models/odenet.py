@@ -7,7 +7,7 @@ from torch import nn
 
 from advsweep.models import register_model
 from advsweep.models.layers import conv_stem, group_norm, pool_head
-from advsweep.models.ode import ODEBlock, Solver
+from advsweep.models.ode import DEFAULT_MAX_NUM_STEPS, MaxNumSteps, ODEBlock, Solver, Tolerance
 
 
 class ConcatConv2d(nn.Module):
@@ -46,11 +46,13 @@ def odenet(
     image_size: int,
     width: PositiveInt = 64,
     solver: Solver = "dopri5",
-    rtol: PositiveFloat = 1e-3,
-    atol: PositiveFloat = 1e-3,
+    rtol: Tolerance = 1e-3,
+    atol: Tolerance = 1e-3,
     step_size: PositiveFloat | None = None,
     T: PositiveFloat = 1.0,
     adjoint: bool = False,
+    max_num_steps: MaxNumSteps = DEFAULT_MAX_NUM_STEPS,
 ) -> nn.Module:
-    block = ODEBlock(ODEFunc(width), solver=solver, rtol=rtol, atol=atol, step_size=step_size, T=T, adjoint=adjoint)
+    block = ODEBlock(ODEFunc(width), solver=solver, rtol=rtol, atol=atol, step_size=step_size, T=T, adjoint=adjoint,
+                     max_num_steps=max_num_steps)
     return nn.Sequential(conv_stem(in_channels, width), block, pool_head(width, num_classes))

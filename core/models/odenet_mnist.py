@@ -13,7 +13,7 @@ from torch import nn
 
 from advsweep.models import register_model
 from advsweep.models.layers import FirstLayerSequential
-from advsweep.models.ode import Solver
+from advsweep.models.ode import DEFAULT_MAX_NUM_STEPS, MaxNumSteps, Solver, Tolerance
 from advsweep.models.odenet import odenet
 
 
@@ -24,12 +24,13 @@ def odenet_mnist(
     image_size: int,
     width: PositiveInt = 64,
     solver: Solver = "dopri5",
-    rtol: PositiveFloat = 1e-3,
-    atol: PositiveFloat = 1e-3,
+    rtol: Tolerance = 1e-3,
+    atol: Tolerance = 1e-3,
     step_size: PositiveFloat | None = None,
     T: PositiveFloat = 1.0,
     adjoint: bool = False,
+    max_num_steps: MaxNumSteps = DEFAULT_MAX_NUM_STEPS,
 ) -> nn.Module:
     net = odenet(in_channels, num_classes, image_size, width=width, solver=solver, rtol=rtol, atol=atol,
-                 step_size=step_size, T=T, adjoint=adjoint)
+                 step_size=step_size, T=T, adjoint=adjoint, max_num_steps=max_num_steps)
     return FirstLayerSequential(*net)

@@ -11,7 +11,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from advsweep.models import register_model
-from advsweep.models.ode import Solver
+from advsweep.models.ode import DEFAULT_MAX_NUM_STEPS, MaxNumSteps, Solver, Tolerance
 from advsweep.models.resnet10 import ResNet10
 from advsweep.models.sonet import FourBlocks, SOBlock
 
@@ -26,12 +26,13 @@ def soblock(
     gamma: NonNegativeFloat = 0.0,
     bias: bool = False,
     solver: Solver = "dopri5",
-    rtol: PositiveFloat = 0.1,
-    atol: PositiveFloat = 0.1,
+    rtol: Tolerance = 0.1,
+    atol: Tolerance = 0.1,
     step_size: PositiveFloat | None = None,
     T: PositiveFloat = 1.0,
     adjoint: bool = False,
+    max_num_steps: MaxNumSteps = DEFAULT_MAX_NUM_STEPS,
 ) -> nn.Module:
     stem = SOBlock(in_channels, width, 1, solver=solver, rtol=rtol, atol=atol, step_size=step_size, T=T,
-                   adjoint=adjoint, gamma=gamma, bias=bias)
+                   adjoint=adjoint, max_num_steps=max_num_steps, gamma=gamma, bias=bias)
     return ResNet10(stem, num_classes, width, list(blocks))

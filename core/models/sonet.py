@@ -37,7 +37,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 from torch import nn
 
 from advsweep.models import register_model
-from advsweep.models.ode import ODEBlock, Solver
+from advsweep.models.ode import DEFAULT_MAX_NUM_STEPS, MaxNumSteps, ODEBlock, Solver, Tolerance
 
 FourBlocks = Annotated[list[NonNegativeInt], Len(4, 4)]
 STRIDES = (1, 2, 2, 2)
@@ -113,11 +113,12 @@ class SOBlock(nn.Module):
         adjoint: bool = False,
         gamma: float = 0.0,
         bias: bool = False,
+        max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
     ):
         super().__init__()
         self.in_planes, self.planes, self.stride = in_planes, planes, stride
         self.ode = ODEBlock(SOFunc(in_planes, planes, stride, gamma, bias), solver=solver, rtol=rtol, atol=atol,
-                            step_size=step_size, T=T, adjoint=adjoint)
+                            step_size=step_size, T=T, adjoint=adjoint, max_num_steps=max_num_steps)
 
     @property
     def func(self) -> SOFunc:
@@ -209,13 +210,14 @@ def sonet(
     gamma: NonNegativeFloat = 0.0,
     bias: bool = False,
     solver: Solver = "dopri5",
-    rtol: PositiveFloat = 0.1,
-    atol: PositiveFloat = 0.1,
+    rtol: Tolerance = 0.1,
+    atol: Tolerance = 0.1,
     step_size: PositiveFloat | None = None,
     T: PositiveFloat = 1.0,
     adjoint: bool = False,
+    max_num_steps: MaxNumSteps = DEFAULT_MAX_NUM_STEPS,
 ) -> nn.Module:
     """SONet; `width` is C (stages C, 2C, 4C, 8C); `blocks` the ODE blocks per stage (the stem is extra);
     `gamma` the damping γ of every block and of the head; `bias` the block biases b1, b2 (the head always has its)."""
     return SONet(in_channels, num_classes, width, list(blocks), gamma, bias, solver=solver, rtol=rtol, atol=atol,
-                 step_size=step_size, T=T, adjoint=adjoint)
+                 step_size=step_size, T=T, adjoint=adjoint, max_num_steps=max_num_steps)

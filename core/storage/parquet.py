@@ -36,8 +36,10 @@ def example_file(out_dir: str | Path, trial_id: str, attack: str, eps: float, sh
 
 
 def examples_table(rows: dict[str, Iterable[Any]]) -> pa.Table:
-    """Columns of the examples table except the hive partition keys."""
-    return pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in S.EXAMPLE_COLUMNS}, schema=S.EXAMPLE_COLUMNS)
+    """Columns of the examples table except the hive partition keys; a column left out is null (added later)."""
+    n = len(rows["example_index"])
+    return pa.table({f.name: pa.array(rows[f.name] if f.name in rows else [None] * n, type=f.type)
+                     for f in S.EXAMPLE_COLUMNS}, schema=S.EXAMPLE_COLUMNS)
 
 
 def _dataset(out_dir: str | Path, name: str, schema: pa.Schema, partitioning=None) -> ds.Dataset | None:
@@ -59,6 +61,11 @@ def read_robustness(out_dir: str | Path) -> pa.Table:
     return d.to_table() if d is not None else S.ROBUSTNESS.empty_table()
 
 
+def read_skipped(out_dir: str | Path) -> pa.Table:
+    d = _dataset(out_dir, "skipped", S.SKIPPED)
+    return d.to_table() if d is not None else S.SKIPPED.empty_table()
+
+
 def read_epochs(out_dir: str | Path) -> pa.Table:
     d = _dataset(out_dir, "epochs", S.EPOCHS)
     return d.to_table() if d is not None else S.EPOCHS.empty_table()
@@ -76,8 +83,22 @@ def read_trials(out_dir: str | Path) -> pa.Table:
     return ds.dataset(files, format="parquet", schema=schema).to_table()
 
 
-def trials_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Fixed columns from the schema plus one typed column per flattened config field."""
+def relative_to(root: str | Path, path: str | None) -> str | None:
+    """A path as stored in a sweep: relative to the sweep root when inside it, so a copied sweep still resolves."""
+    if not path:
+        return path
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path(root).resolve())) if p.is_absolute() else str(p)
+    except ValueError:
+        return str(p)
+
+
+def trials_table(rows: list[dict[str, Any]], root: str | Path | None = None) -> pa.Table:
+    """Fixed columns from the schema plus one typed column per flattened config field. With `root` (the sweep
+    directory), paths (checkpoint, error log) are stored relative to it."""
+    if root is not None:
+        rows = [{**r, **{k: relative_to(root, r.get(k)) for k in S.PATH_COLUMNS}} for r in rows]
     config_keys = sorted({k for r in rows for k in r.get("config", {})})
     fields = list(S.TRIAL_FIXED)
     cols: dict[str, pa.Array] = {f.name: pa.array([r.get(f.name) for r in rows], type=f.type) for f in fields}
@@ -90,6 +111,20 @@ def trials_table(rows: list[dict[str, Any]]) -> pa.Table:
         fields.append(pa.field(name, typ))
         cols[name] = pa.array(values, type=typ)
     return pa.table(cols, schema=pa.schema(fields))
+
+
+def trial_rows(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of a sweep's trials table in the form `trials_table` writes (config columns back under "config"), with
+    stored relative paths resolved against `out_dir`."""
+    rows = []
+    for r in read_trials(out_dir).to_pylist():
+        config = {k[len(S.CONFIG_PREFIX):]: r.pop(k) for k in list(r) if k.startswith(S.CONFIG_PREFIX)}
+        r["config"] = {k: v for k, v in config.items() if v is not None}
+        for k in S.PATH_COLUMNS:
+            if r.get(k) and not Path(r[k]).is_absolute():
+                r[k] = str(Path(out_dir).resolve() / r[k])
+        rows.append(r)
+    return rows
 
 
 def example_dataset(out_dir: str | Path) -> ds.Dataset | None:

@@ -6,12 +6,13 @@ Layout of a sweep directory:
     epochs/part-0.parquet            one row per trial × epoch
     examples/trial_id=T/attack=A/eps-E-shard-K.parquet    one row per trial × attack × ε × example (hive)
     robustness/part-0.parquet        aggregates per trial × attack × ε (incl. the per-example worst case "ensemble")
+    skipped/part-0.parquet           (trial, attack) pairs not run because the attack does not apply to the model
 """
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: examples.margin; robustness status/reason/success_rate/found_rate/mean_steps; skipped/
 ENSEMBLE = "ensemble"  # attack label of the per-example worst case over all attacks of one norm and ε
 
 # Hive partition keys of the examples table; stored in directory names, not in the files.
@@ -29,6 +30,7 @@ EXAMPLE_COLUMNS = pa.schema([
     ("clean_pred", pa.int32()),
     ("adv_pred", pa.int32()),
     ("robust", pa.bool_()),            # clean_pred == adv_pred == label
+    ("margin", pa.float32()),          # max_{j≠label} z_j − z_label at x_adv, in the engine's batch size (> 0: wrong)
     ("linf", pa.float32()),            # ‖x_adv − x‖∞
     ("l2", pa.float32()),              # ‖x_adv − x‖₂
     ("rms", pa.float32()),             # ‖x_adv − x‖₂ / sqrt(#pixels)
@@ -36,7 +38,7 @@ EXAMPLE_COLUMNS = pa.schema([
     ("steps", pa.int32()),             # gradient steps or model queries
     ("grad_norm", pa.float32()),       # mean ℓ1 input-gradient norm seen by the attack (null if gradient-free)
     ("seed", pa.int64()),
-    ("wall_time_s", pa.float64()),     # wall time of this (attack, ε, shard) unit
+    ("wall_time_s", pa.float64()),     # wall time of this (attack, ε, shard) unit (a derived unit's split over its ε)
 ])
 EXAMPLES = pa.unify_schemas([EXAMPLE_COLUMNS, EXAMPLE_PARTITIONS])
 
@@ -56,6 +58,22 @@ ROBUSTNESS = pa.schema([
     ("median_l2_success", pa.float64()),   # over successful adversarials (null if none)
     ("median_linf_success", pa.float64()),
     ("mean_grad_norm", pa.float64()),
+    ("success_rate", pa.float64()),    # among clean-correct examples: share made adversarial at this ε
+    ("found_rate", pa.float64()),      # distance-reporting attacks: among clean-correct, share with any adversarial
+    ("mean_steps", pa.float64()),      # gradient evaluations (white-box) or queries (black-box) per example
+    ("status", pa.string()),           # ok | not_applicable (then n = 0 and `reason` says why)
+    ("reason", pa.string()),
+])
+
+# (trial, attack) pairs the engine skipped because the attack does not apply to the model (Attack.not_applicable).
+SKIPPED = pa.schema([
+    ("sweep_id", pa.string()),
+    ("trial_id", pa.string()),
+    ("attack", pa.string()),
+    ("attack_name", pa.string()),
+    ("norm", pa.string()),
+    ("eps", pa.list_(pa.float64())),
+    ("reason", pa.string()),
 ])
 
 ROBUST_ITEM = pa.struct([
@@ -72,7 +90,7 @@ TRIAL_FIXED = pa.schema([
     ("trial_index", pa.int32()),
     ("family", pa.int32()),
     ("model_name", pa.string()),
-    ("status", pa.string()),           # completed | early_stopped | error
+    ("status", pa.string()),           # completed | early_stopped | interrupted | failed | diverged (see TRIAL_STATUSES)
     ("epochs_completed", pa.int32()),
     ("epochs_planned", pa.int32()),
     ("n_test", pa.int64()),
@@ -87,13 +105,20 @@ TRIAL_FIXED = pa.schema([
     ("train_time_s", pa.float64()),
     ("eval_time_s", pa.float64()),
     ("wall_time_s", pa.float64()),
-    ("checkpoint", pa.string()),
+    ("checkpoint", pa.string()),       # relative to the sweep directory
     ("mlflow_run_id", pa.string()),
-    ("error", pa.string()),
+    ("error", pa.string()),            # one line: the cause (failed / diverged trials)
+    ("error_log", pa.string()),        # the full traceback, a file relative to the sweep directory
     ("config_json", pa.string()),
     ("robust", pa.list_(ROBUST_ITEM)),
     *[(f"version_{p}", pa.string()) for p in VERSION_COLUMNS],
 ])
+PATH_COLUMNS = ("checkpoint", "error_log")
+# completed: trained its full budget (the only status that is evaluated and reaches a front); early_stopped: a
+# scheduler (ASHA) stopped it; interrupted: the sweep stopped (Ctrl-C, driver killed) before it finished, resumable;
+# failed: its own code raised (deterministic, not retried) or its worker kept dying; diverged: non-finite loss or
+# a loss blow-up (advsweep.sweep.trainable.DIVERGENCE).
+TRIAL_STATUSES = ("completed", "early_stopped", "interrupted", "failed", "diverged")
 CONFIG_PREFIX = "config."  # then one column per flattened config field, e.g. `config.model.width`
 
 EPOCHS = pa.schema([

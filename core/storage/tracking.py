@@ -1,7 +1,9 @@
 """MLflow logging: one experiment per sweep, a parent run for the sweep, one child run per trial.
 
 Runs are found-or-created by deterministic tags (sweep_id, ray_trial_id), so a retried or restored trial continues its
-run instead of creating a duplicate. Parquet is the source of truth; a tracking outage warns and never fails training.
+run instead of creating a duplicate. Parquet is the source of truth; a tracking outage never fails training: the
+first failed call is reported once, further calls are skipped for OUTAGE_BACKOFF_S (so an outage costs seconds, not
+minutes of retries), and `advsweep mlflow-sync DIR` replays the Parquet tables into the server afterwards.
 """
 from __future__ import annotations
 
@@ -18,10 +20,47 @@ CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKO
               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
+OUTAGE_BACKOFF_S = 60.0
+EMBEDDED = "embedded:mlflow.db"  # what a sweep's manifest stores for its own sqlite store (relative to the sweep)
+
+
+def use_short_retries() -> None:
+    """The driver process too: a down server costs seconds per call, not MLflow's default ~4 minutes."""
+    for k, v in CLIENT_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def resolve_tracking_uri(uri: str | None, out_dir: str | Path) -> str:
     """Explicit option, then MLFLOW_TRACKING_URI, then a sqlite store inside the sweep directory (never the cwd)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    return uri or embedded_uri(out_dir)
+
+
+def embedded_uri(out_dir: str | Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def stored_uri(uri: str, out_dir: str | Path) -> str:
+    """The URI as a sweep's manifest keeps it: the embedded store by a name relative to the sweep directory."""
+    return EMBEDDED if uri == embedded_uri(out_dir) else uri
+
+
+def runtime_uri(stored: str | None, out_dir: str | Path) -> str | None:
+    return embedded_uri(out_dir) if stored == EMBEDDED else stored
+
+
+def probe(uri: str, timeout: float = 5.0) -> str | None:
+    """None if the tracking store answers, else why not (one line). sqlite stores are local files: always fine."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            return None if r.status == 200 else f"/health answered HTTP {r.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
 
 
 def _client(uri: str):
@@ -30,11 +69,23 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+_down_until = 0.0
+failures = 0  # failed or skipped calls in this process (the driver reports it at the end)
+
+
 def _safe(what: str, fn: Callable[[], Any]) -> Any:
+    global _down_until, failures
+    if time.monotonic() < _down_until:
+        failures += 1
+        return None
     try:
         return fn()
     except Exception as exc:  # tracking must never take a trial down
-        warnings.warn(f"MLflow {what} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+        failures += 1
+        _down_until = time.monotonic() + OUTAGE_BACKOFF_S
+        warnings.warn(f"MLflow {what} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); MLflow calls "
+                      f"are skipped for {OUTAGE_BACKOFF_S:.0f} s. Parquet keeps everything: `advsweep mlflow-sync` "
+                      "replays it afterwards", stacklevel=2)
         return None
 
 
@@ -81,11 +132,16 @@ class SweepTracker:
         else:
             self.experiment_id = exp.experiment_id
         tags = {"sweep_id": self.sweep_id, "kind": "sweep"}
-        self.run_id = _find_run(self.client, self.experiment_id, tags) or self.client.create_run(
-            self.experiment_id, run_name=self.sweep_id,
-            tags={**tags, **{f"version.{k}": v for k, v in package_versions().items()}}).info.run_id
-        _params_batch(self.client, self.run_id, params)
-        self.client.log_artifact(self.run_id, str(spec_file))
+        found = _find_run(self.client, self.experiment_id, tags)
+        if found:  # a resumed sweep continues its parent run
+            self.run_id = found
+            self.client.update_run(found, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(
+                self.experiment_id, run_name=self.sweep_id,
+                tags={**tags, **{f"version.{k}": v for k, v in package_versions().items()}}).info.run_id
+            _params_batch(self.client, self.run_id, params)
+            self.client.log_artifact(self.run_id, str(spec_file))
         return self.experiment_id, self.run_id
 
     def finish(self, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED") -> None:
@@ -104,7 +160,11 @@ class TrialTracker:
         self.client = _client(uri)
         tags = {"sweep_id": sweep_id, "ray_trial_id": trial_id}
         self.run_id = _safe("find run", lambda: _find_run(self.client, experiment_id, tags))
-        if self.run_id is None:
+        self._logged: dict[str, set[int]] | None = None  # key -> steps a resumed run already has
+        if self.run_id is not None:  # a retried or restored trial continues its run
+            _safe("resume run", lambda: self.client.update_run(self.run_id, status="RUNNING"))
+            self._logged = {}
+        elif experiment_id:
             all_tags = {**tags, "mlflow.parentRunId": parent_run_id, "kind": "trial",
                         **{f"version.{k}": v for k, v in package_versions().items()}}
             run = _safe("create run", lambda: self.client.create_run(experiment_id, run_name=run_name, tags=all_tags))
@@ -113,7 +173,17 @@ class TrialTracker:
                 _safe("params", lambda: _params_batch(self.client, self.run_id, params))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.run_id:
+        if not self.run_id:
+            return
+        if self._logged is not None:  # a resumed trial may redo an epoch it had logged before the crash
+            for k in metrics:
+                if k not in self._logged:
+                    hist = _safe("history", lambda k=k: self.client.get_metric_history(self.run_id, k))
+                    self._logged[k] = {m.step for m in hist or []}
+            metrics = {k: v for k, v in metrics.items() if step not in self._logged[k]}
+            for k in metrics:
+                self._logged[k].add(step)
+        if metrics:
             _safe("metrics", lambda: _metrics_batch(self.client, self.run_id, metrics, step))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -132,6 +202,38 @@ class TrialTracker:
 def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Add metrics to an existing (possibly finished) run, e.g. attack results computed after training."""
     _safe("metrics", lambda: _metrics_batch(_client(uri), run_id, metrics, step))
+
+
+# Status of a trial's MLflow run for each trial status of the trials table.
+RUN_STATUS = {"completed": "FINISHED", "failed": "FAILED", "diverged": "FAILED", "early_stopped": "KILLED",
+              "interrupted": "KILLED"}
+
+
+def trial_runs(client, experiment_id: str, sweep_id: str) -> dict[str, Any]:
+    """ray_trial_id → run of every trial run of a sweep (paged)."""
+    out, token = {}, None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.sweep_id = '{sweep_id}' and tags.kind = 'trial'",
+                                  max_results=1000, page_token=token)
+        for r in page:
+            out[r.data.tags.get("ray_trial_id")] = r
+        token = page.token
+        if not token:
+            return out
+
+
+def finalize_trial_runs(uri: str, experiment_id: str, sweep_id: str, rows: list[dict[str, Any]]) -> None:
+    """End every trial run with the status of its trial (none left RUNNING); runs of trials that no longer exist
+    (a driver killed before Tune saved them) are marked KILLED."""
+    def run() -> None:
+        client = _client(uri)
+        status = {r["trial_id"]: RUN_STATUS.get(r["status"], "FAILED") for r in rows}
+        for trial_id, r in trial_runs(client, experiment_id, sweep_id).items():
+            want = status.get(trial_id, "KILLED")
+            if r.info.status != want:
+                client.set_terminated(r.info.run_id, want)
+
+    _safe("finalize runs", run)
 
 
 def log_run_audit(uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float], record: dict) -> None:

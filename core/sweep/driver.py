@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,14 @@ from advsweep.data import load_dataset, stratified_subset
 from advsweep.registry import SpecError
 from advsweep.spec import Spec
 from advsweep.storage import schema as S
-from advsweep.storage.parquet import write_atomic
-from advsweep.storage.tracking import CLIENT_ENV, SweepTracker, resolve_tracking_uri
+from advsweep.storage import tracking
+from advsweep.storage.manifest import MANIFEST, read_manifest, write_manifest
+from advsweep.storage.parquet import trials_table, write_atomic
+from advsweep.storage.tracking import (CLIENT_ENV, SweepTracker, embedded_uri, finalize_trial_runs, probe,
+                                       resolve_tracking_uri, runtime_uri, stored_uri, use_short_retries)
 from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
 from advsweep.versions import package_versions
-from advsweep.sweep.trainable import EXTRA_PREFIX
+from advsweep.sweep.trainable import EXTRA_PREFIX, one_line, write_error_log
 
 
 @dataclass
@@ -33,6 +36,9 @@ class SweepResult:
     parent_run_id: str
     n_trials: int
     n_completed: int
+    status: str = "finished"  # or "interrupted"
+    by_status: dict[str, int] = field(default_factory=dict)
+    mlflow_failures: int = 0
 
 
 def prepare_data(spec: Spec) -> dict[str, Any]:
@@ -63,9 +69,29 @@ def prepare_data(spec: Spec) -> dict[str, Any]:
     }
 
 
-def check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise SpecError("--out", f"{out_dir} exists and is not empty; give each sweep its own directory")
+def check_out_dir(out_dir: Path, resume: bool = False) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecError("--out", f"{out_dir} is a file, not a directory")
+    if resume:
+        read_manifest(out_dir)
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        hint = ("it holds a sweep: continue it with `advsweep resume DIR`" if (out_dir / MANIFEST).exists()
+                else "give each sweep its own directory")
+        raise SpecError("--out", f"{out_dir} exists and is not empty; {hint}")
+
+
+def check_tracking(uri: str, fallback: str | None, out: Path) -> str:
+    """Probe the tracking server before anything is written: one line and exit 2, or the explicit fallback."""
+    why = probe(uri)
+    if why is None:
+        return uri
+    if fallback == "local":
+        local = embedded_uri(out)
+        print(f"MLflow at {uri} is not reachable ({why}); logging to the sweep's own store {local} instead "
+              f"(advsweep mlflow-sync DIR --mlflow-uri {uri} copies it there later)", flush=True)
+        return local
+    raise SpecError("--mlflow-uri", f"tracking server {uri} is not reachable ({why}); start it, or pass "
+                                    "--mlflow-fallback local to log into the sweep directory")
 
 
 def new_sweep_id(spec: Spec) -> str:
@@ -86,40 +112,67 @@ def init_ray(address: str | None, env: dict[str, str]) -> None:
 
 
 def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, mlflow_uri: str | None = None,
-              spec_path: str | Path | None = None, make_plots: bool = True) -> SweepResult:
+              spec_path: str | Path | None = None, make_plots: bool = True, resume: bool = False,
+              mlflow_fallback: str | None = None) -> SweepResult:
+    """Train, evaluate and record a sweep; with `resume`, continue the sweep in `out_dir` where it stopped (finished
+    trials are not retrained, interrupted and crashed ones continue from their last checkpoint, finished evaluation
+    units are skipped, MLflow runs are found again). Everything that can be checked is checked before anything is
+    written. Trial failures never abort the sweep; a Ctrl-C returns with status "interrupted"."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from advsweep.sweep.trainable import train_trial
 
     out = Path(out_dir).resolve()
-    check_out_dir(out)
+    check_out_dir(out, resume)
+    manifest = read_manifest(out) if resume else None
+    if manifest is not None and manifest.get("spec_digest") != spec.digest:
+        raise SpecError(str(spec_path or "SPEC"), f"differs from the spec {out} was started with; "
+                                                  f"resume it with `advsweep resume {out}`")
     data = prepare_data(spec)  # validates the data section before anything is written
-    sweep_id = new_sweep_id(spec)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.yaml").write_text(spec.source)
-    uri = resolve_tracking_uri(mlflow_uri, out)
-    manifest = {
-        "sweep_id": sweep_id, "schema_version": SCHEMA_VERSION, "name": spec.name, "spec_digest": spec.digest,
-        "started": datetime.now(timezone.utc).isoformat(), "status": "running", "mlflow_uri": uri,
-        "versions": package_versions(), "n_trials": len(spec.trials),
-        "data": {"dataset": spec.raw.data.dataset, "seed": spec.raw.data.seed,
-                 "n_train": int(len(data["y_train"])), "n_val": int(len(data["y_val"])),
-                 "n_test": int(len(data["y_test"]))},
-    }
-    np.savez_compressed(out / "subsets.npz", train_index=data["train_index"], val_index=data["val_index"],
-                        test_index=data["test_index"])
+    if manifest is not None:
+        saved = np.load(out / "subsets.npz")
+        if not np.array_equal(saved["test_index"], data["test_index"]):
+            raise SpecError(str(out / "subsets.npz"), "the dataset no longer gives this sweep's subsets")
+    use_short_retries()
+    stored = manifest.get("mlflow_uri") if manifest else None
+    uri = check_tracking(mlflow_uri or runtime_uri(stored, out) or resolve_tracking_uri(None, out), mlflow_fallback, out)
+    env = {**CLIENT_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    init_ray(address, env)
+
+    if manifest is None:
+        sweep_id = new_sweep_id(spec)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec.yaml").write_text(spec.source)
+        manifest = {
+            "sweep_id": sweep_id, "schema_version": SCHEMA_VERSION, "name": spec.name, "spec_digest": spec.digest,
+            "started": datetime.now(timezone.utc).isoformat(), "status": "training", "mlflow_uri": stored_uri(uri, out),
+            "versions": package_versions(), "n_trials": len(spec.trials),
+            "data": {"dataset": spec.raw.data.dataset, "seed": spec.raw.data.seed,
+                     "n_train": int(len(data["y_train"])), "n_val": int(len(data["y_val"])),
+                     "n_test": int(len(data["y_test"]))},
+        }
+        np.savez_compressed(out / "subsets.npz", train_index=data["train_index"], val_index=data["val_index"],
+                            test_index=data["test_index"])
+    else:
+        sweep_id = manifest["sweep_id"]
+        manifest["resumed"] = [*manifest.get("resumed", []), datetime.now(timezone.utc).isoformat()]
+        print(f"resuming sweep {sweep_id} (state: {manifest.get('status')})", flush=True)
     _write_manifest(out, manifest)
 
     tracker = SweepTracker(uri, sweep_id, out)
-    experiment_id, parent_run_id = tracker.start(out / "spec.yaml", {
-        "spec_name": spec.name, "spec_digest": spec.digest, "n_trials": len(spec.trials),
-        "dataset": spec.raw.data.dataset, **{f"data.{k}": v for k, v in manifest["data"].items()}})
-    manifest.update(experiment_id=experiment_id, parent_run_id=parent_run_id)
+    try:
+        experiment_id, parent_run_id = tracker.start(out / "spec.yaml", {
+            "spec_name": spec.name, "spec_digest": spec.digest, "n_trials": len(spec.trials),
+            "dataset": spec.raw.data.dataset, **{f"data.{k}": v for k, v in manifest["data"].items()}})
+    except Exception as exc:  # the server went down after the probe: Parquet goes on, mlflow-sync catches up
+        print(f"MLflow unreachable ({type(exc).__name__}); continuing without it", flush=True)
+        experiment_id, parent_run_id = manifest.get("experiment_id", ""), manifest.get("parent_run_id", "")
+    manifest.update(experiment_id=experiment_id, parent_run_id=parent_run_id, mlflow_uri=stored_uri(uri, out))
+    if manifest["status"] in ("interrupted", "finished"):
+        manifest["status"] = "training"
     _write_manifest(out, manifest)
 
-    env = {**CLIENT_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    init_ray(address, env)
     raw = spec.raw
     ctx = {
         "sweep_id": sweep_id, "out_dir": str(out), "mlflow_uri": uri, "experiment_id": experiment_id,
@@ -127,6 +180,63 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         "monitor": raw.monitor.model_dump() if raw.monitor else None, "eval": raw.eval.model_dump(),
         "attacks": [{"label": a.label, "name": a.name, "eps": list(a.eps), "options": a.options} for a in raw.attacks],
     }
+    resources = {"cpu": raw.resources.cpu, "gpu": raw.resources.gpu}
+    if raw.resources.memory_gb:
+        resources["memory"] = int(raw.resources.memory_gb * 2**30)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx, data=data), resources)
+    exp_path = out / "ray" / sweep_id
+    if tune.Tuner.can_restore(str(exp_path)):
+        # Finished trials stay finished; unfinished and crashed ones continue from their last checkpoint. Trials
+        # that failed deterministically ended normally (recorded as failed/diverged) and are not rerun.
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True,
+                                   restart_errored=False)
+    else:
+        tuner = _new_tuner(spec, trainable, sweep_id, out)
+    start = time.time()
+    results = tuner.fit()
+    trial_rows, epoch_rows = _collect(results, spec, sweep_id, time.time() - start, out)
+    # Training results are on disk before evaluation starts: a crash there loses nothing of training.
+    write_atomic(pa.Table.from_pylist(epoch_rows, schema=S.EPOCHS), out / "epochs" / "part-0.parquet", sweep_id)
+    write_atomic(trials_table(trial_rows, out), out / "trials" / "part-0.parquet", sweep_id)
+    if experiment_id:
+        finalize_trial_runs(uri, experiment_id, sweep_id, trial_rows)
+    by_status = {st: sum(r["status"] == st for r in trial_rows) for st in S.TRIAL_STATUSES}
+    n_completed = by_status["completed"]
+
+    def result(status: str) -> SweepResult:
+        return SweepResult(sweep_id, out, uri, experiment_id, parent_run_id, len(trial_rows), n_completed, status,
+                           {k: v for k, v in by_status.items() if v}, tracking.failures)
+
+    if by_status["interrupted"]:
+        manifest.update(status="interrupted", n_completed=n_completed)
+        _write_manifest(out, manifest)
+        tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed}, [], status="KILLED")
+        return result("interrupted")
+
+    manifest["status"] = "evaluating"
+    _write_manifest(out, manifest)
+    print(f"training done in {time.time() - start:.0f}s; evaluating attacks on the engine", flush=True)
+    skip = check_evaluation(out, trial_rows, attack_configs(raw.attacks))
+    run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
+                         cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu, skip=skip)
+
+    artifacts = []
+    if make_plots and n_completed:
+        from advsweep.analysis.frontier import write_frontiers
+
+        artifacts = write_frontiers(out)
+    manifest.update(status="finished", finished=datetime.now(timezone.utc).isoformat(), n_completed=n_completed)
+    _write_manifest(out, manifest)
+    tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed},
+                   [out / "trials" / "part-0.parquet", *artifacts])
+    return result("finished")
+
+
+def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    raw = spec.raw
     max_epochs = max(t.training.epochs for t in spec.trials)
     if raw.scheduler.type == "asha":
         scheduler = ASHAScheduler(metric=raw.scheduler.metric, mode=raw.scheduler.mode, max_t=max_epochs,
@@ -134,11 +244,9 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
                                   reduction_factor=raw.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx, data=data),
-                                    {"cpu": raw.resources.cpu, "gpu": raw.resources.gpu})
     configs = [t.model_dump() for t in spec.trials]
     names = {t.index: f"{t.index:03d}-{t.model['name']}" for t in spec.trials}
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(
@@ -149,49 +257,49 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         run_config=tune.RunConfig(
             name=sweep_id, storage_path=str(out / "ray"), verbose=1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # A crashed worker (OOM kill, lost node) is retried once from its checkpoint; a trial whose own code
+            # raises is recorded as failed by the trainable and never retried (the failure is deterministic).
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
-    start = time.time()
-    results = tuner.fit()
-    trial_rows, epoch_rows = _collect(results, spec, sweep_id, time.time() - start)
-
-    print(f"training done in {time.time() - start:.0f}s; evaluating attacks on the engine", flush=True)
-    check_evaluation(out, trial_rows, attack_configs(raw.attacks))
-    run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
-                         cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu)
-    write_atomic(pa.Table.from_pylist(epoch_rows, schema=S.EPOCHS), out / "epochs" / "part-0.parquet", sweep_id)
-
-    n_completed = sum(r["status"] == "completed" for r in trial_rows)
-    artifacts = []
-    if make_plots and n_completed:
-        from advsweep.analysis.frontier import write_frontiers
-
-        artifacts = write_frontiers(out)
-    manifest.update(status="finished", finished=datetime.now(timezone.utc).isoformat(), n_completed=n_completed)
-    _write_manifest(out, manifest)
-    tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed},
-                   [out / "trials" / "part-0.parquet", *artifacts])
-    return SweepResult(sweep_id, out, uri, experiment_id, parent_run_id, len(trial_rows), n_completed)
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    tmp = out / ".sweep.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, out / "sweep.json")
+    write_manifest(out, manifest)
 
 
-def _collect(results, spec: Spec, sweep_id: str, wall: float) -> tuple[list[dict], list[dict]]:
+def _trial_status(trial, metrics: dict[str, Any], scheduler: str) -> str:
+    """The exact status of a trial from its Tune state and its last result (see schema.TRIAL_STATUSES)."""
+    if metrics.get("final_status") in ("failed", "diverged"):
+        return metrics["final_status"]
+    if metrics.get("completed"):
+        return "completed"
+    if trial.status == "ERROR":
+        return "failed"
+    if trial.status == "TERMINATED" and scheduler == "asha":
+        return "early_stopped"
+    return "interrupted"  # PENDING / RUNNING / PAUSED when the sweep stopped: resumable
+
+
+def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path) -> tuple[list[dict], list[dict]]:
     versions = package_versions()
     trial_rows, epoch_rows = [], []
     by_index = {t.index: t for t in spec.trials}
-    for res in results:
-        cfg = by_index[res.config["trial"]["index"]]
+    trials = results._experiment_analysis.trials  # same order as the results (ResultGrid.__getitem__)
+    for trial, res in zip(trials, results):
+        cfg = by_index[trial.config["trial"]["index"]]
         m = res.metrics or {}
         df = res.metrics_dataframe
-        trial_id = m.get("trial_id") or (str(df["trial_id"].iloc[-1]) if df is not None and len(df) else res.path.rsplit("-", 1)[-1])
-        status = "error" if res.error else ("completed" if m.get("completed") else "early_stopped")
-        if df is not None:
+        trial_id = trial.trial_id
+        status = _trial_status(trial, m, spec.raw.scheduler.type)
+        error, error_log = m.get("error"), m.get("error_log")
+        if status == "failed" and res.error is not None and not error:
+            error = one_line(res.error)  # the worker kept dying (OOM kill, lost node): Tune's error, cleaned
+            error_log = write_error_log(str(out), trial_id, str(res.error))
+        if df is not None and len(df):
+            if "final_status" in df:
+                df = df[df["final_status"].isna()]
+            df = df.drop_duplicates("epoch", keep="last")  # a restored trial may repeat an epoch it had reported
             for _, e in df.iterrows():
                 extra = {k[len(EXTRA_PREFIX):]: float(v) for k, v in e.items()
                          if k.startswith(EXTRA_PREFIX) and v == v and v is not None}
@@ -201,19 +309,20 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float) -> tuple[list[dict
                                                   "epoch_time_s", "nfe_forward", "nfe_backward")},
                     "extra": extra,
                 })
+        completed = status == "completed"
         trial_rows.append({
             "schema_version": SCHEMA_VERSION, "sweep_id": sweep_id, "trial_id": trial_id, "trial_index": cfg.index,
             "family": cfg.family, "model_name": cfg.model["name"], "status": status,
             "epochs_completed": int(m.get("epoch", 0)), "epochs_planned": cfg.training.epochs,
-            "n_test": m.get("n_test"), "natural_acc": _f(m.get("natural_acc")),
+            "n_test": m.get("n_test") if completed else None, "natural_acc": _f(m.get("natural_acc")),
             "natural_ci_low": _f(m.get("natural_ci_low")), "natural_ci_high": _f(m.get("natural_ci_high")),
             "val_acc": _f(m.get("val_acc")), "val_robust_acc": _f(m.get("val_robust_acc")),
             "params": m.get("params"), "nfe_forward": _f(m.get("test_nfe_forward", m.get("nfe_forward"))),
             "nfe_backward": _f(m.get("nfe_backward")), "train_time_s": _f(m.get("train_time_s")),
             "eval_time_s": _f(m.get("eval_time_s")), "wall_time_s": _f(m.get("time_total_s")),
-            "checkpoint": res.checkpoint.path if res.checkpoint else None,
+            "checkpoint": res.checkpoint.path if res.checkpoint and completed else None,
             "mlflow_run_id": m.get("mlflow_run_id") or None,
-            "error": f"{type(res.error).__name__}: {res.error}"[:2000] if res.error else None,
+            "error": error, "error_log": error_log,
             "config_json": json.dumps(cfg.model_dump(), sort_keys=True), "config": cfg.flat(),
             **{f"version_{p}": versions.get(p) for p in S.VERSION_COLUMNS},
         })

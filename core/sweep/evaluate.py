@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from advsweep.evaluation.aggregate import robustness_table
 from advsweep.evaluation.checkpoints import load_model
@@ -13,13 +14,15 @@ from advsweep.evaluation.engine import TrialRef, evaluate
 from advsweep.evaluation.units import AttackConfig
 from advsweep.registry import SpecError
 from advsweep.storage import schema as S
-from advsweep.storage.parquet import read_examples, read_trials, trials_table, write_atomic
+from advsweep.storage.parquet import read_examples, read_skipped, trials_table, write_atomic
+from advsweep.storage.parquet import trial_rows as read_trial_rows
 from advsweep.storage.tracking import log_run_metrics
 
 
 def attack_configs(attacks: list[Any]) -> list[AttackConfig]:
     """From validated spec/suite AttackSpecs."""
-    return [AttackConfig(a.label, a.name, tuple(a.eps), a.options, a.source_trial) for a in attacks]
+    return [AttackConfig(a.label, a.name, tuple(a.eps), a.options, a.source_trial,
+                         tuple(a.trials) if getattr(a, "trials", None) else None) for a in attacks]
 
 
 def source_checkpoints(trial_rows: list[dict[str, Any]], attacks: list[AttackConfig]) -> dict[str, str]:
@@ -48,47 +51,79 @@ def check_labels(out_dir: Path, attacks: list[AttackConfig]) -> None:
                                                    f"{seen[a.label][0]} {seen[a.label][1]}; choose another label")
 
 
-def check_evaluation(out_dir: Path, trial_rows: list[dict[str, Any]], attacks: list[AttackConfig]) -> None:
-    """Fail fast on a missing or corrupt checkpoint or a reused attack label."""
+def check_evaluation(out_dir: Path, trial_rows: list[dict[str, Any]],
+                     attacks: list[AttackConfig]) -> dict[tuple[str, str], str]:
+    """Fail fast on a missing or corrupt checkpoint or a reused attack label. Returns the (trial id, attack label)
+    pairs whose attack does not apply to the trial's model, with the reason (they are skipped, not fatal)."""
+    from advsweep.attacks import ATTACKS
+
+    skip = {}
     for r in trial_rows:
         if r["status"] == "completed":
             if not r.get("checkpoint"):
                 raise SpecError(f"trial {r['trial_id']}", "has no checkpoint")
-            load_model(r["checkpoint"])
+            model = load_model(r["checkpoint"])
+            for a in attacks:
+                if a.runs_on(r["trial_id"], r.get("trial_index")):
+                    reason = ATTACKS.get(a.name).not_applicable(model, a.options)
+                    if reason:
+                        skip[(r["trial_id"], a.label)] = reason
     source_checkpoints(trial_rows, attacks)
     check_labels(out_dir, attacks)
+    return skip
+
+
+def _write_skipped(out_dir: Path, sweep_id: str, attacks: list[AttackConfig], skip: dict[tuple[str, str], str]):
+    """Merge this stage's skipped pairs into skipped/ (a pair skipped again replaces its old row)."""
+    by_label = {a.label: a for a in attacks}
+    old = [r for r in read_skipped(out_dir).to_pylist() if (r["trial_id"], r["attack"]) not in skip]
+    new = [{"sweep_id": sweep_id, "trial_id": t, "attack": label, "attack_name": by_label[label].name,
+            "norm": by_label[label].norm, "eps": list(by_label[label].eps), "reason": reason}
+           for (t, label), reason in sorted(skip.items())]
+    if old or new:
+        write_atomic(pa.Table.from_pylist(old + new, schema=S.SKIPPED), out_dir / "skipped" / "part-0.parquet", sweep_id)
 
 
 def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str, Any]], attacks: list[AttackConfig],
                          data: dict[str, np.ndarray], eval_cfg: dict[str, Any], mlflow_uri: str | None,
                          cpus_per_worker: float = 1, gpus_per_worker: float = 0,
-                         num_workers: int | None = None) -> dict[str, int]:
+                         num_workers: int | None = None,
+                         skip: dict[tuple[str, str], str] | None = None) -> dict[str, int]:
     """Run the units of `attacks` on the completed trials, then rewrite the aggregate tables. Call
-    `check_evaluation` first (before Ray starts) so that bad input fails with one line and nothing written."""
+    `check_evaluation` first (before Ray starts) so that bad input fails with one line and nothing written; pass
+    the pairs it returned as `skip`."""
     done = [r for r in trial_rows if r["status"] == "completed"]
     by_label = {a.label: a for a in attacks}
+    if skip is None:
+        skip = check_evaluation(out_dir, trial_rows, attacks)
+    for (trial_id, label), reason in sorted(skip.items()):
+        print(f"[eval] {trial_id} {label}: not applicable ({reason}); skipped", flush=True)
 
     def progress(unit, info):
-        print(f"[eval] {unit.trial_id} {unit.attack.label} eps={unit.eps:g} shard={unit.shard}: "
-              f"{info['rows']} examples in {info['seconds']:.1f}s", flush=True)
+        eps = ",".join(f"{e:g}" for e in unit.eps)
+        print(f"[eval] {unit.trial_id} {unit.attack.label} eps={eps} shard={unit.shard}: "
+              f"{info['examples']} examples in {info['seconds']:.1f}s", flush=True)
 
     counts = {"units": 0, "ran": 0, "resubmitted": 0}
     if done and attacks:
-        counts = evaluate(out_dir, sweep_id, [TrialRef(r["trial_id"], r["checkpoint"]) for r in done], attacks,
+        counts = evaluate(out_dir, sweep_id, [TrialRef(r["trial_id"], r["checkpoint"], r.get("trial_index"))
+                                              for r in done], attacks,
                           data["x_test"], data["y_test"], data["test_index"], shard_size=eval_cfg["shard_size"],
                           batch_size=eval_cfg["batch_size"], base_seed=eval_cfg["seed"], num_workers=num_workers,
                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                          source_checkpoints=source_checkpoints(trial_rows, attacks), progress=progress)
+                          source_checkpoints=source_checkpoints(trial_rows, attacks), progress=progress,
+                          skip=set(skip))
+    _write_skipped(out_dir, sweep_id, attacks, skip)
     examples = read_examples(out_dir)
-    robustness = robustness_table(examples)
+    robustness = robustness_table(examples, read_skipped(out_dir))
     eval_seconds = unit_seconds_by_trial(examples)
     write_atomic(robustness, out_dir / "robustness" / "part-0.parquet", sweep_id)
-    rob_rows = robustness.to_pylist()
+    rob_rows = [r for r in robustness.to_pylist() if r["status"] == "ok"]
     for row in trial_rows:
         row["eval_time_s"] = eval_seconds.get(row["trial_id"])
         row["robust"] = [{k: r[k] for k in ("attack", "eps", "robust_acc", "ci_low", "ci_high")}
                          for r in rob_rows if r["trial_id"] == row["trial_id"]] if row["status"] == "completed" else []
-    write_atomic(trials_table(trial_rows), out_dir / "trials" / "part-0.parquet", sweep_id)
+    write_atomic(trials_table(trial_rows, out_dir), out_dir / "trials" / "part-0.parquet", sweep_id)
     if mlflow_uri:
         for row in done:
             metrics = {}
@@ -96,6 +131,8 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
                 if r["trial_id"] == row["trial_id"] and (r["attack"] in by_label or r["attack"] == S.ENSEMBLE):
                     key = f"robust_acc/{r['attack']}/eps_{r['eps']:g}"
                     metrics.update({key: r["robust_acc"], f"{key}/ci_low": r["ci_low"], f"{key}/ci_high": r["ci_high"]})
+                    if r["found_rate"] is not None:
+                        metrics[f"found_rate/{r['attack']}"] = r["found_rate"]
             if row.get("mlflow_run_id") and metrics:
                 log_run_metrics(mlflow_uri, row["mlflow_run_id"], metrics)
     return counts
@@ -111,13 +148,8 @@ def unit_seconds_by_trial(examples) -> dict[str, float]:
 
 
 def trial_rows_from_table(out_dir: Path) -> list[dict[str, Any]]:
-    """Rows of an existing trials table in the form `trials_table` writes (config columns back under "config")."""
-    rows = []
-    for r in read_trials(out_dir).to_pylist():
-        config = {k[len(S.CONFIG_PREFIX):]: r.pop(k) for k in list(r) if k.startswith(S.CONFIG_PREFIX)}
-        r["config"] = {k: v for k, v in config.items() if v is not None}
-        rows.append(r)
-    return rows
+    """Rows of an existing trials table in the form `trials_table` writes, paths resolved against `out_dir`."""
+    return read_trial_rows(out_dir)
 
 
 def load_sweep_data(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

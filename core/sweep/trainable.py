@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import tempfile
 import time
+import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,51 @@ from advsweep.training.trainer import OptimConfig, Trainer, as_float_images
 
 STANDARD_STATS = ("loss", "train_acc", "lr", "epoch_time_s")
 EXTRA_PREFIX = "train/"
+
+# A trial has diverged when (checked after every epoch) its training loss is non-finite or more than
+# BLOWUP_FACTOR × its first epoch's loss, or when (checked at the end) its validation accuracy is within
+# CHANCE_MARGIN of chance while its loss is more than 10 × the lowest epoch loss it reached. It is then stopped,
+# recorded as `diverged` with the rule that fired, and kept off every front.
+BLOWUP_FACTOR = 100.0
+CHANCE_MARGIN = 0.05
+DIVERGENCE = (f"non-finite loss, loss > {BLOWUP_FACTOR:g} × first-epoch loss, or val accuracy ≤ chance + "
+              f"{CHANCE_MARGIN:g} with loss > 10 × its minimum")
+
+
+class Diverged(Exception):
+    pass
+
+
+class TrialFailed(Exception):
+    """Raised inside the trainable for a deterministic failure; the trial ends normally (no retry) as failed."""
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, without colour codes: the cause a person reads in a table."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0][:300] if msg else ''}".rstrip(": ")
+
+
+def write_error_log(out_dir: str, trial_id: str, text: str) -> str:
+    """The full traceback beside the sweep (errors/<trial>.txt, written atomically); returns its path."""
+    d = Path(out_dir) / "errors"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".tmp-{uuid.uuid4().hex}"
+    tmp.write_text(text)
+    os.replace(tmp, d / f"{trial_id}.txt")
+    return str(d / f"{trial_id}.txt")
+
+
+def divergence(losses: list[float], val_acc: float | None, num_classes: int, final: bool) -> str | None:
+    """The DIVERGENCE rule that fires for this loss history, or None."""
+    last = losses[-1]
+    if not math.isfinite(last):
+        return f"training loss became {last}"
+    if len(losses) > 1 and last > BLOWUP_FACTOR * losses[0]:
+        return f"training loss grew from {losses[0]:.3g} to {last:.3g} (> {BLOWUP_FACTOR:g}×)"
+    if final and val_acc is not None and val_acc <= 1 / num_classes + CHANCE_MARGIN and last > 10 * min(losses):
+        return f"val accuracy {val_acc:.3f} at chance with loss {last:.3g} > 10 × its minimum {min(losses):.3g}"
+    return None
 
 
 def build_trainer(cfg: TrialConfig, meta: dict[str, int], seed: int, device: torch.device) -> Trainer:
@@ -75,47 +124,78 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
     device = torch.device("cuda" if ctx["gpu"] > 0 and torch.cuda.is_available() else "cpu")
     seed = trial_seed(ctx["seed"], cfg.index)
     meta = {k: int(data[k]) for k in ("channels", "num_classes", "image_size")}
-    trainer = build_trainer(cfg, meta, seed, device)
-    model = trainer.model
+    tracker, trainer, base, last = None, None, {"trial_id": trial_id}, {}
+    try:
+        trainer = build_trainer(cfg, meta, seed, device)
+        model = trainer.model
 
-    ckpt = tune.get_checkpoint()
-    if ckpt:  # retry or restore: continue from the last reported epoch
-        with ckpt.as_directory() as d:
-            trainer.load_state_dict(torch.load(Path(d) / CHECKPOINT_STATE, map_location=device, weights_only=True))
+        ckpt = tune.get_checkpoint()
+        if ckpt:  # retry or restore: continue from the last reported epoch
+            with ckpt.as_directory() as d:
+                trainer.load_state_dict(torch.load(Path(d) / CHECKPOINT_STATE, map_location=device, weights_only=True))
 
-    n_params = count_parameters(model)
-    tracker = TrialTracker(ctx["mlflow_uri"], ctx["experiment_id"], ctx["parent_run_id"], ctx["sweep_id"], trial_id,
-                           trial_name, {**cfg.flat(), "seed": seed, "params": n_params})
-    # Object-store arrays are read-only: copy once into tensors this process owns.
-    x_train, y_train = torch.tensor(data["x_train"]), torch.tensor(data["y_train"]).long()
-    x_val = as_float_images(torch.tensor(data["x_val"]))
-    y_val = torch.tensor(data["y_val"]).long()
-    eval_bs = ctx["eval"]["batch_size"]
-    epochs = cfg.training.epochs
-    train_time = 0.0
-    while trainer.epoch < epochs:
-        reset_nfe(model)
-        raw_stats = trainer.train_epoch(x_train, y_train)
-        stats = {(k if k in STANDARD_STATS else EXTRA_PREFIX + k): v for k, v in raw_stats.items()}
-        steps = math.ceil(len(x_train) / cfg.training.batch_size)
-        stats["nfe_backward"] = nfe(model)["backward"] / steps
-        train_time += stats["epoch_time_s"]
-        stats.update(_val_metrics(model, x_val, y_val, ctx["monitor"], eval_bs, device, seed))
-        epoch = trainer.epoch
-        tracker.log_metrics(stats, step=epoch)
-        metrics = {**stats, "epoch": epoch, "trial_id": trial_id, "mlflow_run_id": tracker.run_id or "",
-                   "params": n_params, "completed": False}
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(trainer.state_dict(), Path(d) / CHECKPOINT_STATE)
-            (Path(d) / CHECKPOINT_META).write_text(json.dumps({
-                "trial_id": trial_id, "mlflow_run_id": tracker.run_id, "epoch": epoch, "model": cfg.model,
-                "channels": meta["channels"], "num_classes": meta["num_classes"], "image_size": meta["image_size"],
-            }))
-            if epoch == epochs:  # the last epoch reports together with the final evaluation (ASHA stops at max_t)
-                metrics.update(_final_evaluation(model, cfg, ctx, data, tracker, device, Path(d)))
-                metrics["train_time_s"] = train_time
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        n_params = count_parameters(model)
+        tracker = TrialTracker(ctx["mlflow_uri"], ctx["experiment_id"], ctx["parent_run_id"], ctx["sweep_id"], trial_id,
+                               trial_name, {**cfg.flat(), "seed": seed, "params": n_params})
+        # Object-store arrays are read-only: copy once into tensors this process owns.
+        x_train, y_train = torch.tensor(data["x_train"]), torch.tensor(data["y_train"]).long()
+        x_val = as_float_images(torch.tensor(data["x_val"]))
+        y_val = torch.tensor(data["y_val"]).long()
+        eval_bs = ctx["eval"]["batch_size"]
+        epochs = cfg.training.epochs
+        node_id = _node_id()
+        base = {"trial_id": trial_id, "mlflow_run_id": tracker.run_id or "", "params": n_params, "node_id": node_id}
+        losses = trainer.loss_history
+        while trainer.epoch < epochs:
+            reset_nfe(model)
+            try:
+                raw_stats = trainer.train_epoch(x_train, y_train)
+            except FloatingPointError as exc:
+                raise Diverged(str(exc)) from None
+            stats = {(k if k in STANDARD_STATS else EXTRA_PREFIX + k): v for k, v in raw_stats.items()}
+            steps = math.ceil(len(x_train) / cfg.training.batch_size)
+            stats["nfe_backward"] = nfe(model)["backward"] / steps
+            stats.update(_val_metrics(model, x_val, y_val, ctx["monitor"], eval_bs, device, seed))
+            epoch = trainer.epoch
+            losses.append(float(stats["loss"]))
+            why = divergence(losses, stats.get("val_acc"), meta["num_classes"], final=epoch == epochs)
+            if why:
+                raise Diverged(why)
+            tracker.log_metrics(stats, step=epoch)
+            metrics = {**stats, **base, "epoch": epoch, "completed": False}
+            last = metrics
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(trainer.state_dict(), Path(d) / CHECKPOINT_STATE)
+                (Path(d) / CHECKPOINT_META).write_text(json.dumps({
+                    "trial_id": trial_id, "mlflow_run_id": tracker.run_id, "epoch": epoch, "model": cfg.model,
+                    "channels": meta["channels"], "num_classes": meta["num_classes"], "image_size": meta["image_size"],
+                }))
+                if epoch == epochs:  # the last epoch reports together with the final evaluation (ASHA stops at max_t)
+                    metrics.update(_final_evaluation(model, cfg, ctx, data, tracker, device, Path(d)))
+                    metrics["train_time_s"] = trainer.train_time
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    except Exception as exc:  # this trial's own code raised: deterministic, so it is recorded, not retried
+        status = "diverged" if isinstance(exc, Diverged) else "failed"
+        cause = str(exc) if isinstance(exc, Diverged) else one_line(exc)
+        log = write_error_log(ctx["out_dir"], trial_id, traceback.format_exc())
+        if tracker is not None:
+            tracker.set_tag("failure", f"{status}: {cause}"[:500])
+            tracker.end("FAILED")
+        # The scheduler's metric must be in every result; a failed trial reports its last values (or 0).
+        tune.report({**base, "epoch": trainer.epoch if trainer else 0, "completed": False, "final_status": status,
+                     "error": cause, "error_log": log, "val_acc": last.get("val_acc", 0.0),
+                     "val_robust_acc": last.get("val_robust_acc", 0.0), "loss": last.get("loss", float("nan"))})
+        return
     tracker.end("FINISHED")  # attack results are logged to this run by the evaluation stage
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (tests calling the trainable's parts directly)
+        return None
 
 
 def _final_evaluation(model, cfg, ctx, data, tracker, device, ckpt_dir: Path) -> dict[str, Any]:

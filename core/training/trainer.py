@@ -71,16 +71,21 @@ class Trainer:
         self.optimizer = make_optimizer(model, optim)
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0  # epochs completed
+        self.train_time = 0.0  # seconds spent in train_epoch, over restarts from checkpoints too
+        self.loss_history: list[float] = []  # mean training loss per completed epoch (divergence checks)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "train_time": self.train_time,
+                "loss_history": torch.tensor(self.loss_history, dtype=torch.float64)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
+        self.train_time = float(state.get("train_time", 0.0))
+        self.loss_history = [float(v) for v in state.get("loss_history", torch.empty(0))]
 
     def train_epoch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One pass over (x, y) (uint8 or float CPU tensors); returns mean loss, stats and wall time."""
@@ -114,6 +119,7 @@ class Trainer:
         out = {k: v / steps for k, v in sums.items()}
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         out["epoch_time_s"] = time.perf_counter() - start
+        self.train_time += out["epoch_time_s"]
         return out
 
 

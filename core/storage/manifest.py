@@ -1,0 +1,45 @@
+"""A sweep directory's manifest (sweep.json): identity, schema version, data subset, tracking ids, and its state.
+
+States: `training` → `trained` (trials and epochs tables written) → `evaluating` → `finished`; or `interrupted`
+(Ctrl-C; trials marked interrupted) — and a directory whose driver was killed keeps the state it had. Everything
+except `finished` is resumable with `advsweep resume DIR` (or `advsweep run SPEC --out DIR --resume`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from advsweep.registry import SpecError
+
+MANIFEST = "sweep.json"
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    f = Path(out_dir) / MANIFEST
+    if not f.is_file():
+        raise SpecError(str(out_dir), f"not a sweep directory (no {MANIFEST})")
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(str(f), f"unreadable manifest ({exc})") from None
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
+    out = Path(out_dir)
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(tmp, out / MANIFEST)
+
+
+def require_results(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a sweep whose results are complete; else one line pointing at resume (readers call this)."""
+    manifest = read_manifest(out_dir)
+    if not list((Path(out_dir) / "trials").glob("*.parquet")):
+        raise SpecError(str(out_dir), f"has no trials table (sweep state: {manifest.get('status')}); "
+                                      f"finish it with: advsweep resume {out_dir}")
+    if manifest.get("status") != "finished":
+        raise SpecError(str(out_dir), f"did not finish (sweep state: {manifest.get('status')}); "
+                                      f"finish it with: advsweep resume {out_dir}")
+    return manifest
