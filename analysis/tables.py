@@ -152,6 +152,11 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     all_trials["label"] = trial_label(all_trials)
     done = all_trials[all_trials["status"] == "completed"].sort_values("trial_index").reset_index(drop=True)
     notes = []
+    state = (json.loads((sweep_dir / "sweep.json").read_text()).get("status")
+             if (sweep_dir / "sweep.json").is_file() else None)
+    if state not in (None, "finished"):
+        notes.append(f"the sweep did not finish (state: {state}); what is there is analysed — finish it with "
+                     f"`advsweep resume {sweep_dir}`")
     others = all_trials[all_trials["status"] != "completed"]
     if len(others):
         counts = others["status"].value_counts().sort_index()
