@@ -20,22 +20,40 @@ FRONT_COLUMNS = ["attack", "eps", "trial_id", "trial_index", "model_name", "reci
 
 
 def pareto_mask(natural: np.ndarray, robust: np.ndarray) -> np.ndarray:
-    """True where no other point is ≥ in both objectives and > in one (both maximised)."""
-    pts = np.stack([natural, robust], axis=1)
-    ge = (pts[None, :, :] >= pts[:, None, :]).all(-1)
-    gt = (pts[None, :, :] > pts[:, None, :]).any(-1)
-    return ~(ge & gt).any(axis=1)
+    """True where no other point is ≥ in both objectives and > in one (both maximised). Sort-based, O(n log n)."""
+    return pareto_mask_columns(np.asarray(natural, float)[:, None], np.asarray(robust, float)[:, None])[:, 0]
+
+
+def pareto_mask_columns(natural: np.ndarray, robust: np.ndarray) -> np.ndarray:
+    """Pareto membership for every column of [points × resamples] at once. Points are sorted by (natural, robust)
+    descending; a point is dominated exactly when some point before its group of identical points has robust ≥ its
+    own (identical points do not dominate each other)."""
+    t, b = natural.shape
+    order = np.lexsort((-robust, -natural), axis=0)
+    nat, rob = np.take_along_axis(natural, order, 0), np.take_along_axis(robust, order, 0)
+    prefix = np.vstack([np.full((1, b), -np.inf), np.maximum.accumulate(rob, axis=0)[:-1]])
+    new_group = np.ones((t, b), bool)
+    new_group[1:] = (nat[1:] != nat[:-1]) | (rob[1:] != rob[:-1])
+    start = np.maximum.accumulate(np.where(new_group, np.arange(t)[:, None], 0), axis=0)
+    dominated = np.take_along_axis(prefix, start, 0) >= rob
+    mask = np.empty((t, b), bool)
+    np.put_along_axis(mask, order, ~dominated, 0)
+    return mask
 
 
 def hypervolume(natural: np.ndarray, robust: np.ndarray) -> float:
     """Area dominated by the points above the reference (0, 0)."""
-    order = np.argsort(-natural)
-    area, best_r = 0.0, 0.0
-    for i in order:
-        if robust[i] > best_r:
-            area += natural[i] * (robust[i] - best_r)
-            best_r = robust[i]
-    return float(area)
+    return float(hypervolume_columns(np.asarray(natural, float)[:, None], np.asarray(robust, float)[:, None])[0])
+
+
+def hypervolume_columns(natural: np.ndarray, robust: np.ndarray) -> np.ndarray:
+    """Hypervolume of each column of [points × resamples]: sort by natural accuracy descending, then every point adds
+    natural × (its rise of the running maximum of robust accuracy); order among equal natural values is irrelevant."""
+    order = np.argsort(-natural, axis=0, kind="stable")
+    nat, rob = np.take_along_axis(natural, order, 0), np.take_along_axis(robust, order, 0)
+    best = np.maximum.accumulate(np.maximum(rob, 0), axis=0)
+    rise = np.diff(np.vstack([np.zeros((1, natural.shape[1])), best]), axis=0)
+    return (nat * rise).sum(0)
 
 
 def load_points(sweep_dir: str | Path) -> pd.DataFrame:

@@ -220,6 +220,87 @@ def curves(
         typer.echo(f"wrote {f}")
 
 
+@app.command()
+def compare(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    a: str = typer.Argument(..., help="trial A (trial id, trial index or name)"),
+    b: str = typer.Argument(..., help="trial B"),
+    attack: str = typer.Option(..., "--attack", help="attack label, e.g. pgd"),
+    eps: Optional[float] = typer.Option(None, "--eps", help="ε of an ε-bounded attack"),
+) -> None:
+    """Paired tests of two trials on the same examples: exact McNemar on robust accuracy, Wilcoxon signed-rank on
+    per-example minimal distances, with effect sizes."""
+    from advsweep.analysis.paired import compare as run_compare
+    from advsweep.analysis.paired import format_comparison
+    from advsweep.analysis.tables import load_sweep
+
+    try:
+        sweep = load_sweep(sweep_dir)
+        result = run_compare(sweep, a, b, attack, eps)
+    except SpecError as exc:
+        _fail(exc)
+    for note in sweep.notes:
+        typer.echo(f"note: {note}")
+    for line in format_comparison(result):
+        typer.echo(line)
+
+
+@app.command()
+def audit(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/audit)"),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="also log each verdict on its trial's MLflow run"),
+) -> None:
+    """Gradient-masking audit per trial: every check with its numbers, and a verdict (ok, suspect, masked,
+    insufficient evidence)."""
+    from advsweep.analysis.audit import run_audit, write_audit
+    from advsweep.analysis.tables import load_sweep
+
+    try:
+        sweep = load_sweep(sweep_dir)
+        result = run_audit(sweep)
+        files = write_audit(sweep, result, out, mlflow=mlflow)
+    except SpecError as exc:
+        _fail(exc)
+    for note in sweep.notes:
+        typer.echo(f"note: {note}")
+    for v in result.verdicts.itertuples():
+        extra = f" ({v.failed_checks})" if v.failed_checks else f" ({v.summary})" if v.summary else ""
+        typer.echo(f"[{v.trial_index:03d}] {v.label}: {v.verdict}{extra}")
+    for f in files:
+        typer.echo(f"wrote {f}")
+
+
+@app.command()
+def report(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/report)"),
+    resamples: int = typer.Option(1000, "--resamples", min=0, help="bootstrap resamples of the test examples"),
+    seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+) -> None:
+    """One self-contained HTML report (fitted frontiers with bootstrap bands, curves, trials, audit, spec,
+    versions), computed from the Parquet tables alone."""
+    from tqdm import tqdm
+
+    from advsweep.analysis.report import PHASES, build_report
+
+    with tqdm(total=len(PHASES), desc="report", unit="phase", leave=False, delay=1.0) as bar:
+        def step(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+
+        try:
+            result = build_report(sweep_dir, out, resamples=resamples, seed=seed, progress=step)
+        except SpecError as exc:
+            bar.close()
+            _fail(exc)
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for v in result.audit.verdicts.itertuples():
+        typer.echo(f"[{v.trial_index:03d}] {v.label}: {v.verdict}")
+    typer.echo(f"wrote {result.path} ({result.timings['total']:.1f} s)")
+
+
 def main() -> None:
     app()
 

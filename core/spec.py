@@ -113,6 +113,9 @@ class EvalSpec(_Strict):
     batch_size: PositiveInt = 250
     shard_size: PositiveInt = 500
     seed: int = 0
+    # Attack each trial as soon as it completes, while other trials still train (transfer attacks, which need
+    # their source trial, wait for the end). False: evaluate only after training.
+    overlap: bool = True
 
 
 class FamilySpec(_Strict):

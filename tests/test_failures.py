@@ -154,6 +154,16 @@ def test_mlflow_down_from_the_start(tmp_path, fashion_available):
     r = run("run", str(spec), "--out", str(out), "--mlflow-uri", uri, "--mlflow-fallback", "local")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (out / "mlflow.db").exists()
+    # Paths in a sweep are relative to it: a copy, with the original gone, is evaluated and analysed where it is.
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(out)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("attacks: [{name: pgd, label: pgd2, eps: [0.1], steps: 2}]\neval: {batch_size: 16, shard_size: 16}\n")
+    r = run("eval", str(copy), "--suite", str(suite))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert list((copy / "examples").glob("trial_id=*/attack=pgd2/*.parquet"))
+    assert run("frontier", str(copy)).returncode == 0
 
 
 def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path, fashion_available):

@@ -100,6 +100,16 @@ class EvalWorker:
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
+def free_worker_slots(cpus_per_worker: float, gpus_per_worker: float = 0) -> int:
+    """Evaluation workers the cluster can place right now (other work, e.g. training trials, holds the rest)."""
+    import ray
+
+    res = ray.available_resources()
+    if gpus_per_worker:
+        return int(res.get("GPU", 0) // gpus_per_worker)
+    return int(res.get("CPU", 0) // cpus_per_worker)
+
+
 def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[AttackConfig], n: int,
                   shard_size: int, skip: set[tuple[str, str]] = frozenset()) -> tuple[list[Unit], list[Unit]]:
     """(all units, units with a file not there yet). `skip`: (trial id, attack label) pairs not to run."""

@@ -125,3 +125,15 @@ def trial_rows(out_dir: str | Path) -> list[dict[str, Any]]:
                 r[k] = str(Path(out_dir).resolve() / r[k])
         rows.append(r)
     return rows
+
+
+def example_dataset(out_dir: str | Path) -> ds.Dataset | None:
+    """The examples table as a dataset whose partition keys (trial_id, attack) are dictionary-encoded: large sweeps
+    are scanned without one Python-visible string per row."""
+    base = Path(out_dir) / "examples"
+    if not base.exists():
+        return None
+    part = ds.HivePartitioning.discover(infer_dictionary=True)
+    d = ds.dataset(base, format="parquet", partitioning=part)
+    keys = [d.schema.field(f.name) for f in S.EXAMPLE_PARTITIONS if f.name in d.schema.names]
+    return ds.dataset(base, format="parquet", partitioning=part, schema=pa.schema([*S.EXAMPLE_COLUMNS, *keys]))

@@ -234,3 +234,15 @@ def finalize_trial_runs(uri: str, experiment_id: str, sweep_id: str, rows: list[
                 client.set_terminated(r.info.run_id, want)
 
     _safe("finalize runs", run)
+
+
+def log_run_audit(uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float], record: dict) -> None:
+    """Attach a gradient-masking audit to an existing trial run: tags (verdict), metrics (check values) and the
+    full record as `audit/audit.json`."""
+    client = _safe("client", lambda: _client(uri))
+    if client is None:
+        return
+    for k, v in tags.items():
+        _safe("audit tag", lambda k=k, v=v: client.set_tag(run_id, k, v))
+    _safe("audit metrics", lambda: _metrics_batch(client, run_id, metrics, 0))
+    _safe("audit record", lambda: client.log_dict(run_id, record, "audit/audit.json"))

@@ -1,6 +1,7 @@
 """Sweep driver: spec → data subsets → Ray Tune run → Parquet tables + MLflow parent run → frontier plots."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from advsweep.storage.parquet import trials_table, write_atomic
 from advsweep.storage.tracking import (CLIENT_ENV, SweepTracker, embedded_uri, finalize_trial_runs, probe,
                                        resolve_tracking_uri, runtime_uri, stored_uri, use_short_retries)
 from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
+from advsweep.sweep.overlap import EvaluateOnComplete, OverlappedEvaluation
 from advsweep.versions import package_versions
 from advsweep.sweep.trainable import EXTRA_PREFIX, one_line, write_error_log
 
@@ -195,7 +197,17 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     else:
         tuner = _new_tuner(spec, trainable, sweep_id, out)
     start = time.time()
-    results = tuner.fit()
+    attacks = attack_configs(raw.attacks)
+    overlap = (OverlappedEvaluation(out, sweep_id, attacks, data, raw.eval.model_dump(), raw.resources.cpu,
+                                    raw.resources.gpu) if raw.eval.overlap and attacks else contextlib.nullcontext())
+    with overlap:
+        results = tuner.fit()
+    if isinstance(overlap, OverlappedEvaluation):
+        print(f"evaluation overlapped with training: {overlap.units_run} units of {len(overlap.trials_done)} "
+              f"trials ran while others trained", flush=True)
+        for err in overlap.errors:
+            print(f"[eval] overlapped evaluation of {err}; the evaluation stage redoes it", flush=True)
+        manifest["overlap"] = {"units": overlap.units_run, "trials": overlap.trials_done, "busy_s": overlap.busy_s}
     trial_rows, epoch_rows = _collect(results, spec, sweep_id, time.time() - start, out)
     # Training results are on disk before evaluation starts: a crash there loses nothing of training.
     write_atomic(pa.Table.from_pylist(epoch_rows, schema=S.EPOCHS), out / "epochs" / "part-0.parquet", sweep_id)
@@ -264,6 +276,7 @@ def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path):
             # A crashed worker (OOM kill, lost node) is retried once from its checkpoint; a trial whose own code
             # raises is recorded as failed by the trainable and never retried (the failure is deterministic).
             failure_config=tune.FailureConfig(max_failures=1),
+            callbacks=[EvaluateOnComplete(sweep_id)],
         ),
     )
 

@@ -1,0 +1,148 @@
+"""The gradient-masking audit and the HTML report on a real small sweep (tests/analysis_sweep.py: MLPs trained on
+real Fashion-MNIST, attacked by the real attacks through the engine's unit code, tables in the real schema, a real
+MLflow sqlite store for the trial runs): known verdicts, Parquet read back by DuckDB, verdicts on the MLflow runs,
+a self-contained report checked structurally and in headless Chromium."""
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from advsweep.analysis.audit import run_audit
+from advsweep.analysis.tables import load_sweep
+from advsweep.cli import app
+
+sys.path.insert(0, str(Path(__file__).parent))
+from analysis_sweep import build_sweep  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory, fashion_available):
+    root = tmp_path_factory.mktemp("audit")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return build_sweep(root / "sweep", fashion_available, mlflow_uri=uri), uri
+
+
+def test_audit_verdicts_have_known_answers(real_sweep):
+    audit = run_audit(load_sweep(real_sweep[0]))
+    v = audit.verdicts.set_index("label")
+    checks = audit.checks.set_index(["label", "check"])["status"]
+    assert v.loc["natural", "verdict"] == "ok", v.loc["natural"].to_dict()
+    assert v.loc["pgd_at", "verdict"] == "ok", v.loc["pgd_at"].to_dict()
+    assert v.loc["quantised", "verdict"] == "masked"
+    for check in ("zero_gradients", "blackbox_stronger", "minimal_success"):
+        assert checks[("quantised", check)] == "fail", check
+    assert checks[("collapsed", "collapsed")] == "fail"
+    assert v.loc["collapsed", "verdict"] != "ok"
+    assert checks[("natural", "gradient_agreement")] == "not_applicable"  # no ODE blocks
+    ev = audit.checks.set_index(["label", "check"]).loc[("quantised", "blackbox_stronger"), "evidence"]
+    assert "broken only by square" in ev  # the numbers behind the verdict
+
+
+def test_audit_without_black_box_or_large_eps_is_insufficient(tmp_path, real_sweep):
+    src = real_sweep[0]
+    shutil.copytree(src, tmp_path / "s", ignore=shutil.ignore_patterns("attack=square", "attack=deepfool", "audit"))
+    for f in (tmp_path / "s" / "examples").rglob("eps-0.5-*"):
+        f.unlink()
+    audit = run_audit(load_sweep(tmp_path / "s"))
+    v = audit.verdicts.set_index("label")
+    assert v.loc["natural", "verdict"] == "insufficient evidence"
+    assert "sweeps/suites/masking_audit.yaml" in v.loc["natural", "summary"]
+    assert v.loc["quantised", "verdict"] == "masked"  # zero gradients alone suffice
+
+
+def test_audit_cli_writes_parquet_and_mlflow_runs(real_sweep):
+    from mlflow.tracking import MlflowClient
+
+    sweep_dir, uri = real_sweep
+    res = CliRunner().invoke(app, ["audit", str(sweep_dir)])
+    assert res.exit_code == 0, res.output
+    assert "quantised: masked" in res.output
+    verdicts = duckdb.sql(f"SELECT label, verdict FROM read_parquet('{sweep_dir}/audit/verdicts.parquet') "
+                          f"ORDER BY trial_index").fetchall()
+    assert verdicts[0] == ("natural", "ok") and verdicts[2] == ("quantised", "masked")
+    n_checks = duckdb.sql(f"SELECT count(*) FROM read_parquet('{sweep_dir}/audit/checks.parquet')").fetchall()[0][0]
+    assert n_checks == 4 * 10
+    client = MlflowClient(uri)
+    trials = duckdb.sql(f"SELECT trial_id, mlflow_run_id FROM read_parquet('{sweep_dir}/trials/*.parquet')").fetchall()
+    by_id = dict(duckdb.sql(f"SELECT trial_id, verdict FROM read_parquet('{sweep_dir}/audit/verdicts.parquet')")
+                 .fetchall())
+    assert len(by_id) == 4
+    for trial_id, run_id in trials:
+        run = client.get_run(run_id)
+        assert run.data.tags["audit.verdict"] == by_id[trial_id]
+        record = json.loads(Path(client.download_artifacts(run_id, "audit/audit.json")).read_text())
+        assert record["verdict"] == by_id[trial_id] and len(record["checks"]) == 10
+    assert client.get_run(trials[2][1]).data.metrics["audit.zero_gradients"] == 1.0
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.urls, self.tables, self.rows, self._table = [], [], {}, 0, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+        for k in ("src", "href"):
+            if a.get(k) and not a[k].startswith("data:"):
+                self.urls.append(a[k])
+        if tag == "table":
+            self._table = (a.get("class") or "").split()[-1]
+            self.tables[self._table] = 0
+        if tag == "tr" and self._table:
+            self.tables[self._table] += 1
+
+
+@pytest.fixture(scope="module")
+def report_dir(real_sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    res = CliRunner().invoke(app, ["report", str(real_sweep[0]), "--out", str(out), "--resamples", "200"])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "quantised: masked" in res.output
+    return out
+
+
+def test_report_is_self_contained_html(report_dir):
+    out = report_dir
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    assert page.urls == []  # nothing external: no src/href other than data URIs
+    assert len(page.images) >= 8
+    for src in page.images:
+        head, data = src.split(",", 1)
+        assert head == "data:image/png;base64"
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.tables["trials"] == 1 + 4 and page.tables["audit-verdicts"] == 1 + 4
+    assert page.tables["versions"] >= 1 and page.tables["hypervolume"] >= 2
+    svgs = list((out / "figures").glob("*.svg"))
+    assert svgs and all(s.read_text()[:200].lstrip().startswith("<?xml") and "<svg" in s.read_text()[:2000]
+                        for s in svgs)
+    assert "Overview" in (out / "report.html").read_text()
+
+
+def test_report_renders_in_headless_chromium(report_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium binary (apt-get install chromium) for the rendering check")
+    url = (report_dir / "report.html").as_uri()
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000"]
+    dom = subprocess.run(base + ["--enable-logging=stderr", "--v=0", "--dump-dom", url], capture_output=True,
+                         text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    assert dom.stdout.count("<img") >= 8 and 'class="sortable trials"' in dom.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,1000", url], capture_output=True,
+                   timeout=120, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
