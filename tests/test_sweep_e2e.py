@@ -183,7 +183,7 @@ def test_cli_run_embedded_mlflow_then_eval_and_frontier(tmp_path, fashion_availa
     assert (out / "frontier" / "pgd2_eps0.2.png").exists() and (out / "frontier" / "front.parquet").exists()
 
     # A corrupt checkpoint: one line naming it, exit 2, nothing new written.
-    ckpt = Path(trials[0]["checkpoint"]) / "state.pt"
+    ckpt = out / trials[0]["checkpoint"] / "state.pt"  # stored relative to the sweep directory
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     suite.write_text("attacks:\n  - {name: fgsm, label: fgsm-new, eps: [0.1]}\n")
     before = sorted(str(p) for p in (out / "examples").rglob("*"))
