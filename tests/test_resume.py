@@ -110,7 +110,7 @@ def test_chaos_worker_actor_driver_killed_then_resumed(tmp_path, spec_file, seed
     finally:
         kill_tree(proc)
     manifest = json.loads((out / "sweep.json").read_text())
-    assert manifest["status"] == "evaluating"
+    assert manifest["status"] in ("training", "evaluating")  # evaluation overlaps training (issue 9)
     r = run("frontier", str(out))
     assert r.returncode == 2 and "advsweep resume" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run("resume", str(out))
