@@ -1,5 +1,4 @@
 """The sharded evaluation engine on real Ray actors: fault tolerance, idempotent reruns, determinism, bad input."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -9,23 +8,13 @@ import torch
 from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE, load_model
 from advsweep.evaluation.engine import TrialRef, evaluate
 from advsweep.evaluation.units import AttackConfig
-from advsweep.models import build_model
 from advsweep.registry import SpecError
 from advsweep.storage.parquet import read_examples
+from checkpoints import make_checkpoint as _checkpoint
 
 pytestmark = pytest.mark.slow
 ATTACKS = [AttackConfig("fgsm", "fgsm", (0.05, 0.1)), AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
 N, SHARD = 48, 16
-
-
-def _checkpoint(d: Path, seed: int, name="resnet", **opts) -> str:
-    torch.manual_seed(seed)
-    model = build_model(name, 1, 10, 28, **opts)
-    d.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "epoch": 1}, d / CHECKPOINT_STATE)
-    (d / CHECKPOINT_META).write_text(json.dumps({"model": {"name": name, **opts}, "channels": 1, "num_classes": 10,
-                                                 "image_size": 28}))
-    return str(d)
 
 
 @pytest.fixture(scope="module")

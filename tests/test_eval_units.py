@@ -1,39 +1,19 @@
 """Evaluation units: minimal-distortion attacks run once per shard with ε rows derived from the distance found;
 attacks that do not apply to a model are recorded, not fatal; suites can name the trials an attack runs on;
 robustness rows carry the success rate, the found rate and the steps per example."""
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from advsweep.attacks import build_attack
-from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE, load_model
+from advsweep.evaluation.checkpoints import load_model
 from advsweep.evaluation.engine import EvalWorker
 from advsweep.evaluation.units import AttackConfig, make_units
-from advsweep.models import build_model
 from advsweep.storage.parquet import read_examples, read_robustness, read_skipped
+from checkpoints import make_checkpoint as _checkpoint
 
 N, SHARD = 24, 12
-
-
-def _checkpoint(d: Path, seed: int, name="resnet", train=None, **opts) -> str:
-    torch.manual_seed(seed)
-    model = build_model(name, 1, 10, 28, **opts)
-    if train is not None:  # a few seconds of Adam on real images, so that attacks have something to break
-        xtr, ytr = train
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for _ in range(2):
-            for i in range(0, len(xtr), 50):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(xtr[i:i + 50]), ytr[i:i + 50]).backward()
-                opt.step()
-    d.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "epoch": 1}, d / CHECKPOINT_STATE)
-    (d / CHECKPOINT_META).write_text(json.dumps({"model": {"name": name, **opts}, "channels": 1, "num_classes": 10,
-                                                 "image_size": 28}))
-    return str(d)
 
 
 @pytest.fixture(scope="module")

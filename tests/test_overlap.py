@@ -1,7 +1,5 @@
 """Evaluation overlapped with training (issue 9): a trial is attacked while later trials still train."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from advsweep.registry import SpecError
 from advsweep.storage import schema as S

@@ -121,7 +121,6 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     units are skipped, MLflow runs are found again). Everything that can be checked is checked before anything is
     written. Trial failures never abort the sweep; a Ctrl-C returns with status "interrupted"."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from advsweep.sweep.search import planned_trials, search_record
     from advsweep.sweep.trainable import train_trial
