@@ -1,8 +1,8 @@
 """Evaluation overlapped with training vs the sequential stage order, in one run on this machine.
 
 A sweep of 8 short trials (ResNet width 8, Fashion-MNIST, 2–5 epochs so that trials finish at different times)
-with an attack stage (FGSM + PGD-10 at two ε, 200 test images), run twice into fresh directories on the same local
-Ray: `eval.overlap: false` (train everything, then attack) and `eval.overlap: true` (attack each trial as soon as it
+with an attack stage (FGSM + PGD-10 at two ε, 200 test images), run into fresh directories on the same local Ray,
+in ABBA order (sequential, overlapped, overlapped, sequential) so that a drifting load cancels: `eval.overlap: false` (train everything, then attack) and `eval.overlap: true` (attack each trial as soon as it
 completes). Reported: wall time of each and their ratio; slot utilisation = Σ(busy time of trials and evaluation
 units) ÷ (wall × slots), where a trial's busy time is its Tune wall time (training, monitoring, test evaluation) and
 a unit's its own wall time; the machine's load average before each run is recorded.
@@ -58,12 +58,15 @@ def one(overlap: bool, root: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).with_name("overlap.json")))
+    ap.add_argument("--rounds", type=int, default=2, choices=(1, 2), help="1: sequential, overlapped; 2: ABBA order")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        runs = [one(False, Path(d)), one(True, Path(d))]
-    seq, ovl = runs
-    report = {"runs": runs, "wall_ratio_overlap_vs_sequential": ovl["wall_s"] / seq["wall_s"],
-              "cpus": os.cpu_count()}
+    runs = []
+    for i, overlap in enumerate([False, True, True, False][:2 * args.rounds]):  # ABBA: load drift cancels
+        with tempfile.TemporaryDirectory() as d:
+            runs.append(one(overlap, Path(d) / str(i)))
+    seq = sum(r["wall_s"] for r in runs if not r["overlap"])
+    ovl = sum(r["wall_s"] for r in runs if r["overlap"])
+    report = {"runs": runs, "wall_ratio_overlap_vs_sequential": ovl / seq, "cpus": os.cpu_count()}
     Path(args.out).write_text(json.dumps(report, indent=2))
     for r in runs:
         print(f"{'overlap' if r['overlap'] else 'sequential':>10}: wall {r['wall_s']:.1f} s, utilisation "

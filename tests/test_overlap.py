@@ -18,7 +18,7 @@ attacks:
   - {name: fgsm, eps: [0.1]}
   - {name: pgd, eps: [0.1], steps: 5}
 monitor: {eps: 0.1, steps: 1, n: 32}
-eval: {batch_size: 16, shard_size: 16, seed: 0}
+eval: {batch_size: 16, shard_size: 16, seed: 0, overlap: true}
 """
 
 

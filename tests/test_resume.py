@@ -29,7 +29,7 @@ attacks:
   - {name: pgd, eps: [0.1], steps: 3}
   - {name: deepfool, eps: [0.5], steps: 5}
 monitor: {eps: 0.1, steps: 1, n: 32}
-eval: {batch_size: 16, shard_size: 16, seed: 0}
+eval: {batch_size: 16, shard_size: 16, seed: 0, overlap: true}
 """
 N_TRIALS, EPOCHS, N_TEST = 2, 3, 48
 # attack label -> ε rows per example (deepfool keeps its unbounded ε = 0 rows beside ε = 0.5)
