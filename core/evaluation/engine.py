@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from advsweep.evaluation.units import AttackConfig, Unit, make_units, shard_bounds
@@ -39,6 +40,15 @@ def default_worker_env(threads: int) -> dict[str, str]:
     if threads <= 1 or any(v in os.environ for v in _OMP_POLICY_VARS):
         return {}
     return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def ray_node() -> dict[str, str | None]:
+    """Node id and IP of the Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": None, "node_ip": None}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,12 @@ class EvalWorker:
         if self.crash_marker and not os.path.exists(self.crash_marker):
             Path(self.crash_marker).write_text(str(unit))
             os._exit(1)
+        node = ray_node()
+        for name, value in node.items():  # where the unit ran, on every row
+            table = table.set_column(table.schema.get_field_index(name), name, pa.array([value] * table.num_rows, pa.string()))
         path = example_file(self.out_dir, unit.trial_id, unit.attack.label, unit.eps, unit.shard)
         write_atomic(table, path, self.sweep_id)
-        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid(),
+        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid(), **node,
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 

@@ -36,8 +36,10 @@ def example_file(out_dir: str | Path, trial_id: str, attack: str, eps: float, sh
 
 
 def examples_table(rows: dict[str, Iterable[Any]]) -> pa.Table:
-    """Columns of the examples table except the hive partition keys."""
-    return pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in S.EXAMPLE_COLUMNS}, schema=S.EXAMPLE_COLUMNS)
+    """Columns of the examples table except the hive partition keys; `node_id`/`node_ip` may be left out (null)."""
+    n = len(rows["example_index"])
+    return pa.table({f.name: pa.array(rows[f.name] if f.name in rows else [None] * n, type=f.type)
+                     for f in S.EXAMPLE_COLUMNS}, schema=S.EXAMPLE_COLUMNS)
 
 
 def _dataset(out_dir: str | Path, name: str, schema: pa.Schema, partitioning=None) -> ds.Dataset | None:
@@ -71,6 +73,8 @@ def read_trials(out_dir: str | Path) -> pa.Table:
         return S.TRIAL_FIXED.empty_table()
     schema = pq.read_schema(files[0])
     for f in S.TRIAL_FIXED:
+        if f.name in ("node_id", "node_ip") and f.name not in schema.names:
+            continue  # written before these columns existed
         if schema.field(f.name).type != f.type:
             raise ValueError(f"{files[0]}: column {f.name} is {schema.field(f.name).type}, expected {f.type}")
     return ds.dataset(files, format="parquet", schema=schema).to_table()

@@ -37,6 +37,8 @@ EXAMPLE_COLUMNS = pa.schema([
     ("grad_norm", pa.float32()),       # mean ℓ1 input-gradient norm seen by the attack (null if gradient-free)
     ("seed", pa.int64()),
     ("wall_time_s", pa.float64()),     # wall time of this (attack, ε, shard) unit
+    ("node_id", pa.string()),          # Ray node the unit ran on (null when run outside Ray)
+    ("node_ip", pa.string()),
 ])
 EXAMPLES = pa.unify_schemas([EXAMPLE_COLUMNS, EXAMPLE_PARTITIONS])
 
@@ -90,6 +92,8 @@ TRIAL_FIXED = pa.schema([
     ("checkpoint", pa.string()),
     ("mlflow_run_id", pa.string()),
     ("error", pa.string()),
+    ("node_id", pa.string()),          # Ray node of the trial's last report (a retried trial may have moved)
+    ("node_ip", pa.string()),
     ("config_json", pa.string()),
     ("robust", pa.list_(ROBUST_ITEM)),
     *[(f"version_{p}", pa.string()) for p in VERSION_COLUMNS],

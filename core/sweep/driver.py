@@ -19,6 +19,7 @@ from advsweep.spec import Spec
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import write_atomic
 from advsweep.storage.tracking import CLIENT_ENV, SweepTracker, resolve_tracking_uri
+from advsweep.sweep.cluster_checks import check_cluster_resources, check_reachable
 from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
 from advsweep.versions import package_versions
 from advsweep.sweep.trainable import EXTRA_PREFIX
@@ -72,17 +73,46 @@ def new_sweep_id(spec: Spec) -> str:
     return f"{spec.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{spec.digest[:6]}"
 
 
-def init_ray(address: str | None, env: dict[str, str]) -> None:
+def init_ray(address: str | None, env: dict[str, str]) -> str:
+    """Connect to Ray; returns what it connected to (also printed).
+
+    `address` given: that cluster (checked for reachability first, one line if nothing listens). Otherwise, inside a
+    Ray Job (RAY_ADDRESS set by the job's driver), the job's cluster: never a private Ray beside it. Otherwise a
+    private local Ray bound to 127.0.0.1 (every listening port on loopback, no dashboard); its auth mode defaults to
+    `disabled` because nothing outside this machine can reach it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return "ray: already initialised"
     runtime_env = {"env_vars": env}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        check_reachable(target)
+        ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
+        how = "--address" if address else "RAY_ADDRESS"
+        msg = f"ray: joined the cluster at {target} ({how}; RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')})"
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback cluster that this process owns
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        _loopback_only()
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                 _node_ip_address="127.0.0.1")
+        msg = (f"ray: private local instance on 127.0.0.1 only (no dashboard; RAY_AUTH_MODE="
+               f"{os.environ['RAY_AUTH_MODE']}: loopback is not reachable from other machines)")
+    print(msg, flush=True)
+    return msg
+
+
+def _loopback_only() -> None:
+    """Make a private Ray keep 127.0.0.1 as its node address.
+
+    On Linux Ray 2.60 replaces a loopback `_node_ip_address` by the machine's routable address (so that other nodes
+    could join) and then binds its gRPC servers and agents to that address or to all interfaces. With clusters
+    switched off, as Ray does on macOS/Windows, it keeps 127.0.0.1 and binds every port to loopback. The variable is
+    inherited by the processes Ray starts; the constant is re-set because `ray` may already be imported."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, mlflow_uri: str | None = None,
@@ -95,10 +125,13 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     out = Path(out_dir).resolve()
     check_out_dir(out)
     data = prepare_data(spec)  # validates the data section before anything is written
+    uri = resolve_tracking_uri(mlflow_uri, out)
+    env = {**CLIENT_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    init_ray(address, env)
+    check_cluster_resources(spec.raw.resources)  # a request no node can hold fails here, before anything is written
     sweep_id = new_sweep_id(spec)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.yaml").write_text(spec.source)
-    uri = resolve_tracking_uri(mlflow_uri, out)
     manifest = {
         "sweep_id": sweep_id, "schema_version": SCHEMA_VERSION, "name": spec.name, "spec_digest": spec.digest,
         "started": datetime.now(timezone.utc).isoformat(), "status": "running", "mlflow_uri": uri,
@@ -118,8 +151,6 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     manifest.update(experiment_id=experiment_id, parent_run_id=parent_run_id)
     _write_manifest(out, manifest)
 
-    env = {**CLIENT_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    init_ray(address, env)
     raw = spec.raw
     ctx = {
         "sweep_id": sweep_id, "out_dir": str(out), "mlflow_uri": uri, "experiment_id": experiment_id,
@@ -214,6 +245,7 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float) -> tuple[list[dict
             "checkpoint": res.checkpoint.path if res.checkpoint else None,
             "mlflow_run_id": m.get("mlflow_run_id") or None,
             "error": f"{type(res.error).__name__}: {res.error}"[:2000] if res.error else None,
+            "node_id": m.get("node_id") or None, "node_ip": m.get("node_ip") or None,
             "config_json": json.dumps(cfg.model_dump(), sort_keys=True), "config": cfg.flat(),
             **{f"version_{p}": versions.get(p) for p in S.VERSION_COLUMNS},
         })

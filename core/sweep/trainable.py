@@ -18,6 +18,7 @@ from ray import tune
 
 from advsweep.attacks import build_attack
 from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE
+from advsweep.evaluation.engine import ray_node
 from advsweep.evaluation.shard import predict
 from advsweep.evaluation.stats import wilson_interval
 from advsweep.models import build_model, count_parameters, nfe, reset_nfe
@@ -104,7 +105,7 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
         epoch = trainer.epoch
         tracker.log_metrics(stats, step=epoch)
         metrics = {**stats, "epoch": epoch, "trial_id": trial_id, "mlflow_run_id": tracker.run_id or "",
-                   "params": n_params, "completed": False}
+                   "params": n_params, "completed": False, **ray_node()}
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), Path(d) / CHECKPOINT_STATE)
             (Path(d) / CHECKPOINT_META).write_text(json.dumps({
