@@ -133,10 +133,13 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         return {"units": len(units), "ran": 0, "resubmitted": 0}
     ckpt = {t.trial_id: t.checkpoint for t in trials}
     bounds = shard_bounds(len(x), shard_size)
-    if num_workers is None:
+
+    def slots() -> int:  # workers the alive nodes hold now (a lost node lowers it)
         res = ray.cluster_resources()
-        slots = res.get("GPU", 0) / gpus_per_worker if gpus_per_worker else res.get("CPU", 1) / cpus_per_worker
-        num_workers = max(1, int(slots))
+        return int(res.get("GPU", 0) / gpus_per_worker if gpus_per_worker else res.get("CPU", 1) / cpus_per_worker)
+
+    if num_workers is None:
+        num_workers = max(1, slots())
     num_workers = min(num_workers, len(todo))
     threads = int(max(1, cpus_per_worker))
     env = default_worker_env(threads) if worker_env is None else dict(worker_env)
@@ -171,7 +174,9 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
             if attempts[unit] >= MAX_ATTEMPTS:
                 raise RuntimeError(f"unit {unit} failed {attempts[unit]} times: its worker keeps dying") from None
             queue.append(unit)
-            free.append(new_actor())
+            live = len(free) + len({id(a) for _, a in inflight.values()})
+            if live == 0 or live < min(num_workers, slots()):  # no replacement that only a lost node could hold
+                free.append(new_actor())
             resubmitted += 1
             continue
         free.append(actor)
