@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import shlex
 import shutil
@@ -56,6 +57,8 @@ def connect(address: str | None):
     """A JobSubmissionClient for the dashboard at `address` (http://HEAD:8265); one line if nothing answers."""
     from ray.job_submission import JobSubmissionClient
 
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # "Uploading package …" lines: the CLI prints its own
     if not address:
         raise SpecError("--address", "give the head's dashboard, e.g. http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
     if "://" not in address:

@@ -88,6 +88,8 @@ def init_ray(address: str | None, env: dict[str, str]) -> str:
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
         check_reachable(target)
+        if not address:  # inside a Ray Job: keys its runtime_env already sets may not be set again (Ray refuses)
+            runtime_env = {"env_vars": {k: v for k, v in env.items() if os.environ.get(k) != v}}
         ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
         how = "--address" if address else "RAY_ADDRESS"
         msg = f"ray: joined the cluster at {target} ({how}; RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')})"
