@@ -57,7 +57,8 @@ def connect(address: str | None):
     """A JobSubmissionClient for the dashboard at `address` (http://HEAD:8265); one line if nothing answers."""
     from ray.job_submission import JobSubmissionClient
 
-    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "Uploading package …" lines: the CLI prints its own
     if not address:
         raise SpecError("--address", "give the head's dashboard, e.g. http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
@@ -138,6 +139,22 @@ def _error_line(text: str) -> str | None:
     return lines[-1][len("advsweep: error:"):].strip() if lines else None
 
 
+def _remove_job(client, job: str, timeout: float = 60) -> None:
+    """Stop (if needed) and delete a job; deletion is refused until the job is terminal, so retry a while."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if _info(client, job).status not in TERMINAL:
+                client.stop_job(job)
+            elif client.delete_job(job):
+                return
+        except SpecError:
+            return  # already gone
+        except Exception:
+            pass
+        time.sleep(0.5)
+
+
 def preflight(client, runtime_env: dict[str, Any], python: str, out: str, timeout: float = 600) -> str:
     """Run `advsweep.cluster.preflight` as a job, wait for it, delete it; raise SpecError with its line on failure."""
     job = f"advsweep-preflight-{uuid.uuid4().hex[:10]}"
@@ -148,13 +165,7 @@ def preflight(client, runtime_env: dict[str, Any], python: str, out: str, timeou
         state = wait(client, job, timeout)
         text = client.get_job_logs(job)
     finally:
-        try:
-            if _info(client, job).status not in TERMINAL:
-                client.stop_job(job)
-                wait(client, job, 60)
-            client.delete_job(job)
-        except Exception:
-            pass
+        _remove_job(client, job)
     if state.status != "SUCCEEDED":
         line = _error_line(text)
         if line:
