@@ -118,3 +118,16 @@ def test_private_ray_listens_on_loopback_only():
     assert {"gcs_server", "raylet"} <= names, info["listen"]  # `ss -ltnp` sees Ray's own servers
     exposed = [x for x in info["listen"] if x[0].rsplit(":", 1)[0] not in ("127.0.0.1", "[::ffff:127.0.0.1]")]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_mlflow_server_bad_input_is_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _cli("mlflow-server", "--root", str(tmp_path / "m"), "--port", str(port), timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"advsweep: error: --port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    r = _cli("mlflow-server", "--root", str(tmp_path / "m"), "--backend-store-uri", "mongodb://x", timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().startswith("advsweep: error: --backend-store-uri: mongodb://x:")
+    assert not (tmp_path / "m").exists()

@@ -101,11 +101,12 @@ class EvalWorker:
             os._exit(1)
         node = ray_node()
         for name, value in node.items():  # where the unit ran, on every row
-            table = table.set_column(table.schema.get_field_index(name), name, pa.array([value] * table.num_rows, pa.string()))
+            column = pa.array([value] * table.num_rows, pa.string())
+            table = table.set_column(table.schema.get_field_index(name), name, column)
         path = example_file(self.out_dir, unit.trial_id, unit.attack.label, unit.eps, unit.shard)
         write_atomic(table, path, self.sweep_id)
-        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid(), **node,
-                "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+        return {"path": str(path), "rows": table.num_rows, "seconds": time.perf_counter() - start, "pid": os.getpid(),
+                **node, "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[AttackConfig], n: int,
