@@ -186,19 +186,29 @@ def estimate(spec_file: Path, batch: int = 64) -> dict:
         key = json.dumps([t.model, cost_keys, [p["name"] for p in t.training.penalties]], sort_keys=True, default=str)
         if key not in cache:
             cfg = t.model_copy(deep=True)
-            cfg.training.batch_size = batch
-            trainer = build_trainer(cfg, {"channels": ch, "num_classes": 10, "image_size": size}, 0, torch.device("cpu"))
-            step = time_call(lambda: trainer.train_epoch(xb, yb), reps=3) / batch
+            meta = {"channels": ch, "num_classes": 10, "image_size": size}
+            # A small batch first; slow models (ODE solvers, TRADES) are measured on it once, fast ones on `batch`.
+            cfg.training.batch_size = 8
+            trainer = build_trainer(cfg, meta, 0, torch.device("cpu"))
+            t0 = time.perf_counter()
+            trainer.train_epoch(xb[:8], yb[:8])
+            slow = time.perf_counter() - t0 > 1.0
+            n = 8 if slow else batch
+            if not slow:
+                cfg.training.batch_size = batch
+                trainer = build_trainer(cfg, meta, 0, torch.device("cpu"))
+            step = time_call(lambda: trainer.train_epoch(xb[:n], yb[:n]), reps=1 if slow else 3) / n
             model = trainer.model.eval()
-            xf = xb.float() / 255
+            xs, ys = xb[:n], yb[:n]
+            xf = xs.float() / 255
 
             def fb():
                 xr = xf.clone().requires_grad_(True)
-                torch.nn.functional.cross_entropy(model(xr), yb).backward()
+                torch.nn.functional.cross_entropy(model(xr), ys).backward()
 
-            fwdbwd = time_call(fb) / batch
+            fwdbwd = time_call(fb, reps=1 if slow else 5) / n
             with torch.no_grad():
-                fwd = time_call(lambda: model(xf)) / batch
+                fwd = time_call(lambda: model(xf), reps=1 if slow else 5) / n
             cache[key] = {"train_per_example_s": step, "fwdbwd_per_example_s": fwdbwd, "fwd_per_example_s": fwd}
             print(f"  {spec.name} [{t.index:03d}] {t.model['name']} {t.training.recipe['name']}: "
                   f"train {step * 1e3:.2f} ms/ex, fwd+bwd {fwdbwd * 1e3:.2f}, fwd {fwd * 1e3:.2f}", flush=True)
