@@ -138,6 +138,10 @@ def test_sweep_runs_on_both_nodes(cluster, mlflow_url, spec_file, tmp_path):
     assert st.returncode == 0 and f"{sid}: SUCCEEDED" in st.stdout
     lg = cli(cluster, "logs", sid)
     assert lg.returncode == 0 and "[eval]" in lg.stdout
+    lf = cli(cluster, "logs", sid, "--follow")  # a finished job: prints everything, then returns
+    assert lf.returncode == 0 and "[eval]" in lf.stdout
+    listing = cli(cluster, "status")
+    assert listing.returncode == 0 and f"{sid}: SUCCEEDED" in listing.stdout and "preflight" not in listing.stdout
     sp = cli(cluster, "stop", sid)
     assert sp.returncode == 0 and "nothing to stop" in sp.stdout
 
