@@ -170,9 +170,9 @@ def test_bad_input_is_one_line_and_submits_nothing(cluster, spec_file, tmp_path,
     assert line.startswith("advsweep: error: --out: 'relative/out' is relative")
     client = connect(cluster.dashboard_url)
     new = {j.submission_id for j in client.list_jobs()} - before
-    # No sweep was submitted; the only new jobs are the finished preflight checks (deleted, but Ray keeps a record
-    # of every job driver that connected, so the Jobs API still lists them).
-    assert len(new) == 2 and all(j.startswith("advsweep-preflight-") for j in new), new
+    # No sweep was submitted; the only new jobs are finished preflight checks (deleted, but Ray may keep a record of
+    # a job driver that connected, so the Jobs API can still list some of them).
+    assert len(new) <= 2 and all(j.startswith("advsweep-preflight-") for j in new), new
     assert all(_info(client, j).status in TERMINAL for j in new), new
 
 
