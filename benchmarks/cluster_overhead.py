@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -81,6 +82,8 @@ def one_eval(layout: str, refs, x, y, idx, shard_size: int, steps: int) -> dict:
         ray.shutdown()
     finally:
         c.stop()
+        shutil.rmtree(c.temp_dir, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
     nodes = {n for _, _, n in done}
     first_per_node = {n: min(t for t, _, m in done if m == n) for n in nodes}
     warm = max(first_per_node.values())  # every worker has loaded its models and finished a unit
