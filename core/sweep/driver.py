@@ -95,26 +95,40 @@ def init_ray(address: str | None, env: dict[str, str]) -> str:
         msg = f"ray: joined the cluster at {target} ({how}; RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')})"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        _loopback_only()
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                 _node_ip_address="127.0.0.1")
+        restore = _loopback_only()
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                     _node_ip_address="127.0.0.1")
+        finally:
+            restore()  # Ray's processes have their environment; a later connection to a real cluster must not
         msg = (f"ray: private local instance on 127.0.0.1 only (no dashboard; RAY_AUTH_MODE="
                f"{os.environ['RAY_AUTH_MODE']}: loopback is not reachable from other machines)")
     print(msg, flush=True)
     return msg
 
 
-def _loopback_only() -> None:
+def _loopback_only():
     """Make a private Ray keep 127.0.0.1 as its node address.
 
     On Linux Ray 2.60 replaces a loopback `_node_ip_address` by the machine's routable address (so that other nodes
     could join) and then binds its gRPC servers and agents to that address or to all interfaces. With clusters
     switched off, as Ray does on macOS/Windows, it keeps 127.0.0.1 and binds every port to loopback. The variable is
-    inherited by the processes Ray starts; the constant is re-set because `ray` may already be imported."""
+    inherited by the processes Ray starts; the constant is re-set because `ray` may already be imported. Returns a
+    function that undoes both once `ray.init` has started them."""
     from ray._private import ray_constants
 
+    old_env, old_const = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+    def restore() -> None:
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = old_env
+
+    return restore
 
 
 def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, mlflow_uri: str | None = None,
