@@ -177,6 +177,7 @@ def eval_(
     """Add attacks to an existing sweep's trials without retraining (finished units are skipped)."""
     from advsweep.spec import load_suite
     from advsweep.storage.tracking import CLIENT_ENV
+    from advsweep.sweep.cluster_checks import check_cluster_resources
     from advsweep.sweep.driver import init_ray
     from advsweep.sweep.evaluate import attack_configs, check_evaluation, load_sweep_data, run_evaluation_stage, trial_rows_from_table
 
@@ -191,6 +192,7 @@ def eval_(
         rows = trial_rows_from_table(sweep_dir)
         skip = check_evaluation(sweep_dir, rows, attack_configs(s.attacks))
         init_ray(address, dict(CLIENT_ENV))
+        check_cluster_resources(s.resources)
         counts = run_evaluation_stage(sweep_dir, manifest["sweep_id"], rows, attack_configs(s.attacks), data,
                                       s.eval.model_dump(), runtime_uri(manifest.get("mlflow_uri"), sweep_dir),
                                       s.resources.cpu,
@@ -299,6 +301,103 @@ def report(
     for v in result.audit.verdicts.itertuples():
         typer.echo(f"[{v.trial_index:03d}] {v.label}: {v.verdict}")
     typer.echo(f"wrote {result.path} ({result.timings['total']:.1f} s)")
+
+
+# ---- cluster: thin commands over advsweep.cluster (the only place the CLI imports it) ----
+_JOBS_ADDRESS = typer.Option(None, "--address", envvar="RAY_API_SERVER_ADDRESS",
+                             help="the head's dashboard / Jobs API, e.g. http://HEAD:8265")
+
+
+@app.command()
+def submit(
+    spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
+    address: Optional[str] = _JOBS_ADDRESS,
+    out: str = typer.Option(..., "--out", help="absolute path mounted at the same place on every node"),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="tracking server every node reaches "
+                                             "(`advsweep mlflow-server`); default: sqlite in the output dir"),
+    python: str = typer.Option("python", "--python", help="interpreter with advsweep installed on the head"),
+) -> None:
+    """Submit a sweep to a Ray cluster as a Ray Job (after a preflight check on the cluster)."""
+    from advsweep.cluster.jobs import submit as submit_job
+
+    try:
+        sid = submit_job(spec, address, out, mlflow_uri=mlflow_uri, python=python, echo=typer.echo)
+    except SpecError as exc:
+        _fail(exc)
+    typer.echo(f"submitted job {sid}")
+    typer.echo(f"  advsweep status {sid}   advsweep logs {sid} --follow   advsweep stop {sid}")
+
+
+@app.command()
+def status(job: Optional[str] = typer.Argument(None, help="job id (default: every advsweep job)"),
+           address: Optional[str] = _JOBS_ADDRESS) -> None:
+    """Status of a submitted sweep, or of every advsweep job on the cluster."""
+    from advsweep.cluster.jobs import status as job_status
+
+    try:
+        states = job_status(address, job)
+    except SpecError as exc:
+        _fail(exc)
+    for st in states:
+        typer.echo(st.line())
+
+
+@app.command()
+def logs(job: str = typer.Argument(..., help="job id"), address: Optional[str] = _JOBS_ADDRESS,
+         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends")) -> None:
+    """A submitted sweep's driver log."""
+    from advsweep.cluster.jobs import logs as job_logs
+
+    try:
+        for chunk in job_logs(address, job, follow):
+            typer.echo(chunk, nl=False)
+    except SpecError as exc:
+        _fail(exc)
+
+
+@app.command()
+def stop(job: str = typer.Argument(..., help="job id"), address: Optional[str] = _JOBS_ADDRESS) -> None:
+    """Stop a submitted sweep (its trials and evaluation workers end with it)."""
+    from advsweep.cluster.jobs import stop as stop_job
+
+    try:
+        st = stop_job(address, job)
+    except SpecError as exc:
+        _fail(exc)
+    typer.echo(f"{job}: was {st.status}; " + ("stop requested" if st.status not in ("SUCCEEDED", "FAILED", "STOPPED")
+                                               else "nothing to stop"))
+
+
+@app.command("mlflow-server")
+def mlflow_server(
+    root: Path = typer.Option(Path("mlflow-server"), "--root", help="directory of the sqlite store and artifacts"),
+    host: str = typer.Option("127.0.0.1", "--host", help="bind address (0.0.0.0 exposes it: MLflow has no auth)"),
+    port: int = typer.Option(5000, "--port"),
+    backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri",
+                                                    help="sqlite:////ABS/mlflow.db (default in --root) or postgresql://…"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts-destination",
+                                            help="artifact root (default <root>/mlartifacts; s3://… works too)"),
+    workers: int = typer.Option(2, "--workers", min=1),
+) -> None:
+    """Start an MLflow tracking server (serving artifacts) and print the URI to pass to run/submit."""
+    from advsweep.cluster import mlflow_server as ms
+
+    try:
+        p = ms.plan(root, host=host, port=port, backend_store_uri=backend_store_uri, artifacts_destination=artifacts,
+                    workers=workers)
+    except SpecError as exc:
+        _fail(exc)
+    proc = ms.start(p, root)
+    typer.echo(f"MLflow tracking server at {p.uri}  (store {p.backend_store_uri}, artifacts {p.artifacts_destination})")
+    typer.echo(f"  advsweep submit SPEC --mlflow-uri {p.uri} …   or   advsweep run SPEC --mlflow-uri {p.uri}")
+    if host not in ms.LOOPBACK:
+        typer.echo(f"  warning: listening on {host}: anyone who reaches this port can read and write runs", err=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ms.stop(proc)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from advsweep.evaluation.units import AttackConfig, Unit, make_units, shard_bounds
@@ -39,6 +40,15 @@ def default_worker_env(threads: int) -> dict[str, str]:
     if threads <= 1 or any(v in os.environ for v in _OMP_POLICY_VARS):
         return {}
     return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def ray_node() -> dict[str, str | None]:
+    """Node id and IP of the Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": None, "node_ip": None}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
 
 @dataclass(frozen=True)
@@ -90,13 +100,17 @@ class EvalWorker:
         if self.crash_marker and not os.path.exists(self.crash_marker):
             Path(self.crash_marker).write_text(str(unit))
             os._exit(1)
+        node = ray_node()
         paths = []
         for eps, table in tables:
+            for name, value in node.items():  # where the unit ran, on every row
+                column = pa.array([value] * table.num_rows, pa.string())
+                table = table.set_column(table.schema.get_field_index(name), name, column)
             path = example_file(self.out_dir, unit.trial_id, unit.attack.label, eps, unit.shard)
             write_atomic(table, path, self.sweep_id)
             paths.append(str(path))
         return {"paths": paths, "rows": sum(t.num_rows for _, t in tables), "examples": len(x),
-                "seconds": time.perf_counter() - start, "pid": os.getpid(),
+                "seconds": time.perf_counter() - start, "pid": os.getpid(), **node,
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
@@ -138,10 +152,13 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         return {"units": len(units), "ran": 0, "resubmitted": 0}
     ckpt = {t.trial_id: t.checkpoint for t in trials}
     bounds = shard_bounds(len(x), shard_size)
-    if num_workers is None:
+
+    def slots() -> int:  # workers the alive nodes hold now (a lost node lowers it)
         res = ray.cluster_resources()
-        slots = res.get("GPU", 0) / gpus_per_worker if gpus_per_worker else res.get("CPU", 1) / cpus_per_worker
-        num_workers = max(1, int(slots))
+        return int(res.get("GPU", 0) / gpus_per_worker if gpus_per_worker else res.get("CPU", 1) / cpus_per_worker)
+
+    if num_workers is None:
+        num_workers = max(1, slots())
     num_workers = min(num_workers, len(todo))
     threads = int(max(1, cpus_per_worker))
     env = default_worker_env(threads) if worker_env is None else dict(worker_env)
@@ -176,7 +193,9 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
             if attempts[unit] >= MAX_ATTEMPTS:
                 raise RuntimeError(f"unit {unit} failed {attempts[unit]} times: its worker keeps dying") from None
             queue.append(unit)
-            free.append(new_actor())
+            live = len(free) + len({id(a) for _, a in inflight.values()})
+            if live == 0 or live < min(num_workers, slots()):  # no replacement that only a lost node could hold
+                free.append(new_actor())
             resubmitted += 1
             continue
         free.append(actor)

@@ -78,6 +78,8 @@ def read_trials(out_dir: str | Path) -> pa.Table:
         return S.TRIAL_FIXED.empty_table()
     schema = pq.read_schema(files[0])
     for f in S.TRIAL_FIXED:
+        if f.name in ("node_id", "node_ip") and f.name not in schema.names:
+            continue  # written before these columns existed
         if schema.field(f.name).type != f.type:
             raise ValueError(f"{files[0]}: column {f.name} is {schema.field(f.name).type}, expected {f.type}")
     return ds.dataset(files, format="parquet", schema=schema).to_table()

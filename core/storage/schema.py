@@ -39,6 +39,8 @@ EXAMPLE_COLUMNS = pa.schema([
     ("grad_norm", pa.float32()),       # mean ℓ1 input-gradient norm seen by the attack (null if gradient-free)
     ("seed", pa.int64()),
     ("wall_time_s", pa.float64()),     # wall time of this (attack, ε, shard) unit (a derived unit's split over its ε)
+    ("node_id", pa.string()),          # Ray node the unit ran on (null when run outside Ray)
+    ("node_ip", pa.string()),
 ])
 EXAMPLES = pa.unify_schemas([EXAMPLE_COLUMNS, EXAMPLE_PARTITIONS])
 
@@ -111,6 +113,8 @@ TRIAL_FIXED = pa.schema([
     ("mlflow_run_id", pa.string()),
     ("error", pa.string()),            # one line: the cause (failed / diverged trials)
     ("error_log", pa.string()),        # the full traceback, a file relative to the sweep directory
+    ("node_id", pa.string()),          # Ray node of the trial's last report (a retried trial may have moved)
+    ("node_ip", pa.string()),
     ("config_json", pa.string()),
     ("robust", pa.list_(ROBUST_ITEM)),
     *[(f"version_{p}", pa.string()) for p in VERSION_COLUMNS],

@@ -23,6 +23,7 @@ from advsweep.storage.manifest import MANIFEST, read_manifest, write_manifest
 from advsweep.storage.parquet import trials_table, write_atomic
 from advsweep.storage.tracking import (CLIENT_ENV, SweepTracker, embedded_uri, finalize_trial_runs, probe,
                                        resolve_tracking_uri, runtime_uri, stored_uri, use_short_retries)
+from advsweep.sweep.cluster_checks import check_cluster_resources, check_reachable
 from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
 from advsweep.sweep.overlap import EvaluateOnComplete, OverlappedEvaluation
 from advsweep.versions import package_versions
@@ -100,17 +101,62 @@ def new_sweep_id(spec: Spec) -> str:
     return f"{spec.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{spec.digest[:6]}"
 
 
-def init_ray(address: str | None, env: dict[str, str]) -> None:
+def init_ray(address: str | None, env: dict[str, str]) -> str:
+    """Connect to Ray; returns what it connected to (also printed).
+
+    `address` given: that cluster (checked for reachability first, one line if nothing listens). Otherwise, inside a
+    Ray Job (RAY_ADDRESS set by the job's driver), the job's cluster: never a private Ray beside it. Otherwise a
+    private local Ray bound to 127.0.0.1 (every listening port on loopback, no dashboard); its auth mode defaults to
+    `disabled` because nothing outside this machine can reach it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return "ray: already initialised"
     runtime_env = {"env_vars": env}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        check_reachable(target)
+        if not address:  # inside a Ray Job: keys its runtime_env already sets may not be set again (Ray refuses)
+            runtime_env = {"env_vars": {k: v for k, v in env.items() if os.environ.get(k) != v}}
+        ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
+        how = "--address" if address else "RAY_ADDRESS"
+        msg = f"ray: joined the cluster at {target} ({how}; RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')})"
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback cluster that this process owns
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        restore = _loopback_only()
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                     _node_ip_address="127.0.0.1")
+        finally:
+            restore()  # Ray's processes have their environment; a later connection to a real cluster must not
+        msg = (f"ray: private local instance on 127.0.0.1 only (no dashboard; RAY_AUTH_MODE="
+               f"{os.environ['RAY_AUTH_MODE']}: loopback is not reachable from other machines)")
+    print(msg, flush=True)
+    return msg
+
+
+def _loopback_only():
+    """Make a private Ray keep 127.0.0.1 as its node address.
+
+    On Linux Ray 2.60 replaces a loopback `_node_ip_address` by the machine's routable address (so that other nodes
+    could join) and then binds its gRPC servers and agents to that address or to all interfaces. With clusters
+    switched off, as Ray does on macOS/Windows, it keeps 127.0.0.1 and binds every port to loopback. The variable is
+    inherited by the processes Ray starts; the constant is re-set because `ray` may already be imported. Returns a
+    function that undoes both once `ray.init` has started them."""
+    from ray._private import ray_constants
+
+    old_env, old_const = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+    def restore() -> None:
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = old_env
+
+    return restore
 
 
 def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, mlflow_uri: str | None = None,
@@ -141,6 +187,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     uri = check_tracking(mlflow_uri or runtime_uri(stored, out) or resolve_tracking_uri(None, out), mlflow_fallback, out)
     env = {**CLIENT_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     init_ray(address, env)
+    check_cluster_resources(spec.raw.resources)  # a request no node can hold fails here, before anything is written
 
     if manifest is None:
         sweep_id = new_sweep_id(spec)
@@ -339,6 +386,7 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path) -> tupl
             "checkpoint": res.checkpoint.path if res.checkpoint and completed else None,
             "mlflow_run_id": m.get("mlflow_run_id") or None,
             "error": error, "error_log": error_log,
+            "node_id": m.get("node_id") or None, "node_ip": m.get("node_ip") or None,
             "config_json": json.dumps(cfg.model_dump(), sort_keys=True), "config": cfg.flat(),
             **{f"version_{p}": versions.get(p) for p in S.VERSION_COLUMNS},
         })

@@ -22,6 +22,7 @@ from ray import tune
 
 from advsweep.attacks import build_attack
 from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE
+from advsweep.evaluation.engine import ray_node
 from advsweep.evaluation.shard import predict
 from advsweep.evaluation.stats import wilson_interval
 from advsweep.models import build_model, count_parameters, nfe, reset_nfe
@@ -142,8 +143,7 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
         y_val = torch.tensor(data["y_val"]).long()
         eval_bs = ctx["eval"]["batch_size"]
         epochs = cfg.training.epochs
-        node_id = _node_id()
-        base = {"trial_id": trial_id, "mlflow_run_id": tracker.run_id or "", "params": n_params, "node_id": node_id}
+        base = {"trial_id": trial_id, "mlflow_run_id": tracker.run_id or "", "params": n_params, **ray_node()}
         losses = trainer.loss_history
         while trainer.epoch < epochs:
             reset_nfe(model)
@@ -186,15 +186,6 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
                      "val_robust_acc": last.get("val_robust_acc", 0.0), "loss": last.get("loss", float("nan"))})
         return
     tracker.end("FINISHED")  # attack results are logged to this run by the evaluation stage
-
-
-def _node_id() -> str | None:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # outside Ray (tests calling the trainable's parts directly)
-        return None
 
 
 def _final_evaluation(model, cfg, ctx, data, tracker, device, ckpt_dir: Path) -> dict[str, Any]:

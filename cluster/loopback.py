@@ -1,0 +1,137 @@
+"""A real multi-node Ray cluster on one machine, for tests, benchmarks and trying the cluster commands locally.
+
+Each node is a separate `ray start` (its own raylet, object store and agents) in its own process group, with its own
+ports (every port chosen free, nothing left at Ray's fixed defaults that other users of the machine may hold) and a
+private temp dir. `stop()` ends exactly the process groups started here: never `ray stop`, which ends every Ray of the
+user on the machine. `kill_node` kills one worker node's raylet by pid, which is how a node is lost.
+The dashboard / Jobs API listens on 127.0.0.1. Auth mode is set explicitly (RAY_AUTH_MODE) and is the same for every
+node and for the clients started with `env()`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Node:
+    name: str
+    pgid: int
+    resources: dict[str, float]
+
+
+@dataclass
+class LoopbackCluster:
+    auth_mode: str = "disabled"
+    object_store_bytes: int = 100 * 1024 * 1024
+    temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: socket paths
+    nodes: list[Node] = field(default_factory=list)
+    gcs_port: int = 0
+    dashboard_port: int = 0
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for `ray start` and for clients: this interpreter's bin first, explicit auth mode."""
+        bin_dir = str(Path(sys.executable).parent)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+        env.update(RAY_AUTH_MODE=self.auth_mode, PATH=f"{bin_dir}:{env.get('PATH', '')}",
+                   PYTHONWARNINGS="ignore::DeprecationWarning", RAY_USAGE_STATS_ENABLED="0")
+        return env
+
+    def _start(self, name: str, args: list[str], num_cpus: float, resources: dict[str, float]) -> Node:
+        ray_bin = Path(sys.executable).parent / "ray"
+        cmd = [str(ray_bin), "start", *args, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
+               "--object-store-memory", str(self.object_store_bytes), "--disable-usage-stats",
+               "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+               "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+        log = open(Path(self.temp_dir) / f"{name}.start.log", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
+        node = Node(name, proc.pid, {"CPU": num_cpus, **resources})
+        self.nodes.append(node)  # before waiting: stop() must find it even if the start fails
+        if proc.wait(timeout=300) != 0:
+            raise RuntimeError(f"ray start ({name}) failed: {(Path(self.temp_dir) / f'{name}.start.log').read_text()[-2000:]}")
+        return node
+
+    def start_head(self, num_cpus: float = 1, resources: dict[str, float] | None = None) -> Node:
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        return self._start("head", ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
+                                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                                    "--ray-client-server-port", str(free_port()), "--temp-dir", self.temp_dir],
+                           num_cpus, resources or {"head_node": 1})
+
+    def add_node(self, name: str, num_cpus: float = 1, resources: dict[str, float] | None = None) -> Node:
+        node = self._start(name, ["--address", self.gcs_address, "--node-ip-address", "127.0.0.1"], num_cpus,
+                           resources or {name: 1})
+        self.wait_for_nodes(len(self.nodes))
+        return node
+
+    def alive_nodes(self) -> list[dict]:
+        from ray.util.state import list_nodes
+
+        return [n for n in list_nodes(address=self.dashboard_url, detail=True) if n.state == "ALIVE"]
+
+    def wait_for_nodes(self, n: int, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if len(self.alive_nodes()) >= n:
+                    return
+            except Exception:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"{n} Ray nodes not alive after {timeout:.0f}s")
+
+    def node_id_of(self, name: str) -> str:
+        """Ray node id of a node started here, found by its distinct custom resource."""
+        node = next(n for n in self.nodes if n.name == name)
+        key = next(k for k in node.resources if k != "CPU")
+        return next(n.node_id for n in self.alive_nodes() if key in (n.resources_total or {}))
+
+    def pids(self, node: Node) -> list[tuple[int, str]]:
+        out = subprocess.run(["ps", "-eo", "pid=,pgid=,comm="], capture_output=True, text=True).stdout
+        return [(int(p), c) for p, g, c in (ln.split(None, 2) for ln in out.splitlines()) if int(g) == node.pgid]
+
+    def kill_node(self, name: str) -> int:
+        """Kill that node's raylet (SIGKILL, by pid); Ray then declares the node dead. Returns the pid."""
+        node = next(n for n in self.nodes if n.name == name)
+        pid = next(p for p, c in self.pids(node) if c.strip() == "raylet")
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM every process group started here (workers first), then SIGKILL what is left."""
+        for node in reversed(self.nodes):
+            try:
+                os.killpg(node.pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(self.pids(n) for n in self.nodes):
+            time.sleep(0.5)
+        for node in self.nodes:
+            try:
+                os.killpg(node.pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.nodes.clear()
