@@ -164,7 +164,9 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
                      f"({', '.join(f'{k}: {v}' for k, v in counts.items())})")
     if done.empty:
         raise SpecError(str(sweep_dir / "trials"), "no completed trials to analyse")
-    done["config_key"] = done["config_id"].astype(str) if "config_id" in done else done["trial_id"].astype(str)
+    # replicates share a config_id; a trial without one (older sweeps, hand-written tables) is its own config
+    cid = done["config_id"] if "config_id" in done else pd.Series([None] * len(done), index=done.index)
+    done["config_key"] = [str(c) if c is not None and c == c else str(t) for c, t in zip(cid, done["trial_id"])]
     dataset = example_dataset(sweep_dir)
     if dataset is None or not dataset.files:
         raise SpecError(str(sweep_dir / "examples"), "no attack results; run `advsweep run` or `advsweep eval`")

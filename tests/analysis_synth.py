@@ -20,9 +20,13 @@ def write_trials(out: Path, trials: list[dict], extra: dict[str, list] | None = 
         rows.append({"schema_version": "1", "sweep_id": SWEEP, "trial_index": i, "family": 0, "n_test": 0,
                      "status": "completed", "natural_acc": 0.5, "natural_ci_low": 0.4, "natural_ci_high": 0.6,
                      **t})
+    for name, values in (extra or {}).items():  # schema columns (seed, config_id) go through the writer
+        for r, v in zip(rows, values):
+            r[name] = v
     table = trials_table(rows)
     for name, values in (extra or {}).items():
-        table = table.append_column(name, pa.array(values))
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array(values))
     write_atomic(table, out / "trials" / "part-0.parquet", SWEEP)
 
 
