@@ -165,10 +165,18 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     Actor = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
                                            **({"runtime_env": {"env_vars": env}} if env else {}))
 
-    def new_actor():
-        return Actor.remote(out_dir, sweep_id, threads, gpus_per_worker > 0, crash_marker=crash_marker)
-
     # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
+    started: dict[Any, Any] = {}  # actor -> ref that resolves once the actor process is up
+    evicted: set = set()  # actors killed because they never started while a started one sat idle
+
+    def new_actor():
+        actor = Actor.remote(out_dir, sweep_id, threads, gpus_per_worker > 0, crash_marker=crash_marker)
+        started[actor] = actor.__ray_ready__.remote()
+        return actor
+
+    def is_up(actor) -> bool:
+        return not ray.wait([started[actor]], timeout=0)[1]
+
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
     free = [new_actor() for _ in range(num_workers)]
     queue = list(reversed(todo))  # pop() from the end keeps the trial-major order: actors reuse loaded models
@@ -177,17 +185,35 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     resubmitted = 0
     while queue or inflight:
         while queue and free:
-            unit, actor = queue.pop(), free.pop()
+            # A replacement actor may wait for a slot that only the idle actors hold: prefer actors that are up.
+            up = [a for a in free if is_up(a)]
+            actor = up[0] if up else free[-1]
+            free.remove(actor)
+            unit = queue.pop()
             attempts[unit] = attempts.get(unit, 0) + 1
             src = (source_checkpoints or {}).get(unit.attack.label)
             xs, ys, ids = refs[unit.shard]
             ref = actor.run.remote(unit, ckpt[unit.trial_id], xs, ys, ids, base_seed, batch_size, src)
             inflight[ref] = (unit, actor)
-        [done], _ = ray.wait(list(inflight), num_returns=1)
+        finished, _ = ray.wait(list(inflight), num_returns=1, timeout=10)
+        if not finished:
+            # Work handed to an actor that never started (its slot went with a lost node, or an idle actor holds
+            # it) would wait forever: kill such actors while a started one is idle; their units are requeued.
+            if any(is_up(a) for a in free):
+                for ref, (u, a) in list(inflight.items()):
+                    if not is_up(a):
+                        evicted.add(a)
+                        ray.kill(a)
+            continue
+        done = finished[0]
         unit, actor = inflight.pop(done)
         try:
             info = ray.get(done)
         except ray.exceptions.RayActorError:
+            if actor in evicted:  # never started, killed above: its unit goes to a started actor, not counted
+                attempts[unit] -= 1
+                queue.append(unit)
+                continue
             # The process died (OOM, node loss, kill): the unit's file was not renamed into place, so run it again
             # on a fresh actor. Its deterministic seed gives the same rows as an uninterrupted run.
             if attempts[unit] >= MAX_ATTEMPTS:
