@@ -14,8 +14,8 @@ from pathlib import Path
 from advsweep.registry import SpecError
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_epochs, read_robustness, trial_rows, trials_table, write_atomic
-from advsweep.storage.tracking import (RUN_STATUS, _client, _find_run, _params_batch, probe, trial_runs,
-                                       use_short_retries)
+from advsweep.storage.tracking import (RUN_STATUS, _client, _find_run, _metrics_batch, _params_batch, probe,
+                                       trial_runs, use_short_retries)
 from advsweep.versions import package_versions
 
 FINAL_METRICS = ("natural_acc", "natural_ci_low", "natural_ci_high")  # per-epoch ones are replayed from epochs/
@@ -23,14 +23,9 @@ EPOCH_METRICS = ("loss", "train_acc", "val_acc", "val_robust_acc", "lr", "epoch_
 
 
 def _log_missing(client, run, metrics: dict[str, float], step: int) -> int:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if v is not None and v == v and k not in run.data.metrics]
-    for i in range(0, len(items), 900):
-        client.log_batch(run.info.run_id, metrics=items[i:i + 900])
-    return len(items)
+    missing = {k: v for k, v in metrics.items() if v is not None and v == v and k not in run.data.metrics}
+    _metrics_batch(client, run.info.run_id, missing, step)
+    return len(missing)
 
 
 def sync(out_dir: str | Path, uri: str) -> dict[str, int]:

@@ -208,7 +208,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         sweep_id = manifest["sweep_id"]
         manifest["resumed"] = [*manifest.get("resumed", []), datetime.now(timezone.utc).isoformat()]
         print(f"resuming sweep {sweep_id} (state: {manifest.get('status')})", flush=True)
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
 
     tracker = SweepTracker(uri, sweep_id, out)
     try:
@@ -221,7 +221,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     manifest.update(experiment_id=experiment_id, parent_run_id=parent_run_id, mlflow_uri=stored_uri(uri, out))
     if manifest["status"] in ("interrupted", "finished"):
         manifest["status"] = "training"
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
 
     raw = spec.raw
     ctx = {
@@ -269,12 +269,12 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
 
     if by_status["interrupted"]:
         manifest.update(status="interrupted", n_completed=n_completed)
-        _write_manifest(out, manifest)
+        write_manifest(out, manifest)
         tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed}, [], status="KILLED")
         return result("interrupted")
 
     manifest["status"] = "evaluating"
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     print(f"training done in {time.time() - start:.0f}s; evaluating attacks on the engine", flush=True)
     skip = check_evaluation(out, trial_rows, attack_configs(raw.attacks))
     run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
@@ -286,7 +286,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
 
         artifacts = write_frontiers(out)
     manifest.update(status="finished", finished=datetime.now(timezone.utc).isoformat(), n_completed=n_completed)
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed},
                    [out / "trials" / "part-0.parquet", *artifacts])
     return result("finished")
@@ -325,10 +325,6 @@ def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path):
             callbacks=[EvaluateOnComplete(sweep_id)],
         ),
     )
-
-
-def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    write_manifest(out, manifest)
 
 
 def _trial_status(trial, metrics: dict[str, Any], scheduler: str) -> str:

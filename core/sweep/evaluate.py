@@ -55,22 +55,26 @@ def check_evaluation(out_dir: Path, trial_rows: list[dict[str, Any]],
                      attacks: list[AttackConfig]) -> dict[tuple[str, str], str]:
     """Fail fast on a missing or corrupt checkpoint or a reused attack label. Returns the (trial id, attack label)
     pairs whose attack does not apply to the trial's model, with the reason (they are skipped, not fatal)."""
-    from advsweep.attacks import ATTACKS
-
     skip = {}
     for r in trial_rows:
         if r["status"] == "completed":
             if not r.get("checkpoint"):
                 raise SpecError(f"trial {r['trial_id']}", "has no checkpoint")
-            model = load_model(r["checkpoint"])
-            for a in attacks:
-                if a.runs_on(r["trial_id"], r.get("trial_index")):
-                    reason = ATTACKS.get(a.name).not_applicable(model, a.options)
-                    if reason:
-                        skip[(r["trial_id"], a.label)] = reason
+            skip.update(not_applicable(r["trial_id"], r.get("trial_index"), r["checkpoint"], attacks))
     source_checkpoints(trial_rows, attacks)
     check_labels(out_dir, attacks)
     return skip
+
+
+def not_applicable(trial_id: str, trial_index: int | None, checkpoint: str,
+                   attacks: list[AttackConfig]) -> dict[tuple[str, str], str]:
+    """(trial id, attack label) → why the attack does not apply to this trial's model (loads the checkpoint)."""
+    from advsweep.attacks import ATTACKS
+
+    model = load_model(checkpoint)
+    reasons = {(trial_id, a.label): ATTACKS.get(a.name).not_applicable(model, a.options)
+               for a in attacks if a.runs_on(trial_id, trial_index)}
+    return {k: v for k, v in reasons.items() if v}
 
 
 def _write_skipped(out_dir: Path, sweep_id: str, attacks: list[AttackConfig], skip: dict[tuple[str, str], str]):

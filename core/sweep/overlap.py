@@ -53,8 +53,7 @@ class OverlappedEvaluation:
         self.queue.put(ref)
 
     def _loop(self) -> None:
-        from advsweep.evaluation.checkpoints import load_model
-        from advsweep.attacks import ATTACKS
+        from advsweep.sweep.evaluate import not_applicable
 
         while True:
             ref = self.queue.get()
@@ -62,9 +61,7 @@ class OverlappedEvaluation:
                 return
             start = time.perf_counter()
             try:
-                model = load_model(ref.checkpoint)
-                skip = {(ref.trial_id, a.label) for a in self.attacks
-                        if ATTACKS.get(a.name).not_applicable(model, a.options)}
+                skip = set(not_applicable(ref.trial_id, ref.index, ref.checkpoint, self.attacks))
                 counts = evaluate(self.out_dir, self.sweep_id, [ref], self.attacks, self.data["x_test"],
                                   self.data["y_test"], self.data["test_index"], shard_size=self.eval_cfg["shard_size"],
                                   batch_size=self.eval_cfg["batch_size"], base_seed=self.eval_cfg["seed"],
