@@ -191,6 +191,36 @@ class Spec(BaseModel):
     def searched(self) -> bool:
         return self.raw.search.algorithm in OPTUNA_ALGORITHMS
 
+    def search_axes(self) -> list[str]:
+        """Flat config keys the search space varies (every family's axes; model/recipe names when families differ)."""
+        from advsweep.naming import axis_key
+
+        keys = [axis_key(path) for f, fam in enumerate(self.raw.trials) for path, _, _ in family_axes(fam, f)]
+        flats = [flatten({"model": fam.model, "training": fam.training}) for fam in self.raw.trials]
+        for k in ("model.name", "training.recipe.name"):
+            if len({json.dumps(f.get(k), default=str) for f in flats}) > 1:
+                keys.append(k)
+        return list(dict.fromkeys(keys))
+
+    def trial_names(self) -> tuple[list[str], list[str]]:
+        """(trial names, config names) of the expanded trials (see advsweep.naming)."""
+        from advsweep.naming import trial_names
+
+        return trial_names([t.flat() for t in self.trials], [t.seed for t in self.trials],
+                           [t.config_id for t in self.trials])
+
+    def name_of(self, cfg: "TrialConfig") -> tuple[str, str]:
+        """(trial name, config name) of one trial: from the expanded list, or, for a sampled (tpe/nsga2) trial,
+        from the values of the search axes."""
+        from advsweep.naming import config_name, varying_keys
+
+        if not self.searched:
+            names, cfg_names = self.trial_names()
+            return names[cfg.index], cfg_names[cfg.index]
+        flat = cfg.flat()
+        n = config_name(flat, varying_keys([], self.search_axes()), str(cfg.model["name"]))
+        return n, n
+
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
