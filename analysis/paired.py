@@ -1,9 +1,11 @@
 """Paired comparisons of two trials on the same test examples.
 
 Robust accuracy: exact McNemar test on the discordant examples (b robust for A only, c for B only; a two-sided
-binomial test of b out of b + c with p = 1/2). Effect sizes: the accuracy difference (b − c)/n with a 95 % interval
-from the exact (Clopper-Pearson) interval of b/(b + c), conditional on the number of discordant examples, and the
-conditional odds ratio b/c.
+binomial test of b out of b + c with p = 1/2). Effect sizes: the accuracy difference (b − c)/n with Newcombe's (1998)
+hybrid score interval for paired proportions (Wilson intervals of both accuracies combined through their phi
+correlation, as in Altman et al., *Statistics with Confidence*, §6) and the conditional odds ratio b/c. Unlike the
+interval of b/(b + c) conditional on the discordant count, it accounts for the discordant count being random, so
+the estimate is never an end point (b = 0) and a table without discordant examples still gets a width.
 Minimal distances: Wilcoxon signed-rank on per-example minimal adversarial distances (0 for an example misclassified
 clean, +inf where the attack found none; two infinities tie), with the matched-pairs rank-biserial correlation as the
 effect size and the median paired difference.
@@ -35,7 +37,7 @@ class McNemar:
     only_b: int
     p_value: float
     diff: float            # acc_a − acc_b
-    diff_ci_low: float     # exact: from the Clopper-Pearson interval of only_a / (only_a + only_b)
+    diff_ci_low: float     # Newcombe's paired hybrid score interval (newcombe_paired)
     diff_ci_high: float
     odds_ratio: float      # only_a / only_b (conditional odds ratio)
 
@@ -54,19 +56,32 @@ class Wilcoxon:
     rank_biserial: float   # > 0: A needs larger perturbations (more robust)
 
 
+def newcombe_paired(both: int, only_a: int, only_b: int, neither: int) -> tuple[float, float]:
+    """95 % interval of acc_a − acc_b on paired data (Newcombe 1998, method 10, with the phi correction of
+    Altman et al. 2000, p. 52)."""
+    n = both + only_a + only_b + neither
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = wilson_interval(both + only_a, n)
+    l2, u2 = wilson_interval(both + only_b, n)
+    denom = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = 0.0
+    if denom > 0:
+        cross = both * neither - only_a * only_b
+        phi = (cross - n / 2 if cross > n / 2 else cross if cross < 0 else 0.0) / np.sqrt(float(denom))
+    d = p1 - p2
+    lo = d - np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    hi = d + np.sqrt(max((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2, 0.0))
+    return float(max(lo, -1.0)), float(min(hi, 1.0))
+
+
 def mcnemar(cell: Cell, i: int, j: int, name_a: str, name_b: str) -> McNemar:
     both = cell.present[i] & cell.present[j]
     if not both.any():
         raise SpecError(f"{cell.attack}@{cell.eps:g}", f"{name_a} and {name_b} share no attacked examples")
     ra, rb = cell.robust[i][both], cell.robust[j][both]
     n, b, c = int(both.sum()), int((ra & ~rb).sum()), int((~ra & rb).sum())
-    if b + c:
-        test = stats.binomtest(b, b + c, 0.5)
-        p = float(test.pvalue)
-        ci = test.proportion_ci(confidence_level=0.95, method="exact")
-        lo, hi = (2 * ci.low - 1) * (b + c) / n, (2 * ci.high - 1) * (b + c) / n
-    else:
-        p, lo, hi = 1.0, 0.0, 0.0
+    p = float(stats.binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    lo, hi = newcombe_paired(int((ra & rb).sum()), b, c, int((~ra & ~rb).sum()))
     return McNemar(cell.attack, cell.eps, name_a, name_b, n, float(ra.mean()), float(rb.mean()),
                    wilson_interval(int(ra.sum()), n), wilson_interval(int(rb.sum()), n), b, c, p,
                    (b - c) / n, lo, hi, b / c if c else float("inf") if b else float("nan"))

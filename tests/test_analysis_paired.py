@@ -91,3 +91,20 @@ def test_duckdb_query_from_the_readme_gives_the_same_discordant_counts(sweep_dir
     SELECT sum((a.robust AND NOT b.robust)::INT) AS only_a, sum((b.robust AND NOT a.robust)::INT) AS only_b
     FROM a JOIN b USING (example_index)"""
     assert duckdb.sql(q).fetchall() == [(8, 1)]
+
+
+def test_paired_difference_interval_covers_and_never_ends_at_the_estimate():
+    from advsweep.analysis.paired import newcombe_paired
+
+    lo, hi = newcombe_paired(60, 0, 95, 145)  # the ODENet-vs-TRADES table: nothing robust for A only
+    assert lo < -95 / 300 < hi < 0
+    lo, hi = newcombe_paired(150, 0, 0, 150)  # no discordant examples: still a width, centred on 0
+    assert lo < 0 < hi and lo == pytest.approx(-hi)
+    # Coverage under a known paired model (Monte Carlo, fixed seed): close to the nominal 95 %.
+    rng = np.random.default_rng(0)
+    probs = np.array([0.45, 0.08, 0.04, 0.43])  # both, only A, only B, neither: true difference 0.04
+    hits = 0
+    for _ in range(600):
+        lo, hi = newcombe_paired(*rng.multinomial(200, probs))
+        hits += lo <= 0.04 <= hi
+    assert 0.92 <= hits / 600 <= 0.985
