@@ -86,17 +86,20 @@ def test_background_pool_holds_no_cpu_slot_and_runs_niced(ray_local, job, tmp_pa
 
 
 def test_single_unit_job_runs_in_process_with_the_actor_rows(ray_local, job, tmp_path):
+    """Compared at the same thread count: the rows do not depend on where the units run."""
     trials = job[0]
     one = [AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
     _, x, y, index = job
     small = (trials, x[:SHARD], y[:SHARD], index[:SHARD])
     counts, here = _eval(tmp_path / "here", small, trials[:1], one)
     assert counts["ran"] == 1 and here[0]["pid"] == os.getpid()  # auto: one pending unit runs here
-    _, actor = _eval(tmp_path / "actor", small, trials[:1], one, in_process=False)
-    assert actor[0]["pid"] != os.getpid()
+    threads = min(2, os.cpu_count())  # the node's free CPUs (ray_local has 2), at most the machine's
+    assert here[0]["threads"] == threads
+    _, actor = _eval(tmp_path / "actor", small, trials[:1], one, in_process=False, cpus_per_worker=threads)
+    assert actor[0]["pid"] != os.getpid() and actor[0]["threads"] == threads
     assert _rows(tmp_path / "here").equals(_rows(tmp_path / "actor"))
     # A job of several units still goes to actors; forcing it here gives the same rows.
-    _, many = _eval(tmp_path / "many", job, trials)
+    _, many = _eval(tmp_path / "many", job, trials, num_workers=1, cpus_per_worker=threads)
     assert os.getpid() not in {i["pid"] for i in many}
     _eval(tmp_path / "many-here", job, trials, in_process=True)
     assert _rows(tmp_path / "many-here").equals(_rows(tmp_path / "many"))

@@ -219,9 +219,10 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     environment variables of the worker processes (added to the job's runtime_env); None: `default_worker_env`.
     `pool`: a `WorkerPool` whose warm actors this call uses and leaves warm (its own settings then replace
     `cpus_per_worker`, `gpus_per_worker`, `worker_env` and `crash_marker`); None: a pool for this call only.
-    `in_process`: run the units in this process, with the thread count an actor would have (identical rows, no
-    actor start-up, no retry of a dying process); None: only for a job of one pending unit on a one-node CPU
-    cluster without a warm pool, where an actor could not run anything in parallel and only adds its start-up."""
+    `in_process`: run the units in this process (the same worker code and files; no actor start-up, no retry of a
+    dying process) with torch threads = the node's free CPUs, at least `cpus_per_worker`; None: only for a job of
+    one pending unit on a one-node CPU cluster without a warm pool, where an actor could not run anything in
+    parallel and would only add its start-up."""
     import ray
 
     out_dir = str(Path(out_dir).resolve())
@@ -232,9 +233,10 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         in_process = (len(todo) == 1 and pool is None and not gpus_per_worker and crash_marker is None
                       and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
     if in_process:
+        free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else os.cpu_count() or 1
+        threads = max(int(max(1, cpus_per_worker)), min(free, os.cpu_count() or 1))
         return _evaluate_here(out_dir, sweep_id, trials, todo, len(units), x, y, index, shard_size, batch_size,
-                              base_seed, int(max(1, cpus_per_worker)), gpus_per_worker > 0, source_checkpoints,
-                              progress)
+                              base_seed, threads, gpus_per_worker > 0, source_checkpoints, progress)
     own_pool = pool is None
     if own_pool:
         pool = WorkerPool(out_dir, sweep_id, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
