@@ -81,6 +81,7 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--nice", type=int, default=15, help="OS niceness of every arm (Ray's default for its workers)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine_speed.json"))
+    ap.add_argument("--report", metavar="JSON", help="only print the table of a (possibly partial) results file")
     args = ap.parse_args(argv)
     gpu = args.device == "cuda"
     for k, cpu, cuda in (("mid_n", 256, 1000), ("shard", 64, 500), ("batch", 64, 500), ("width", 16, 64),
@@ -181,7 +182,8 @@ def main(args):
     data = load_dataset("fashion-mnist")
     work = Path(tempfile.mkdtemp(prefix="advsweep-speed-"))
     ray.init(address="local", num_cpus=args.threads, num_gpus=1 if gpu else 0, include_dashboard=False,
-             log_to_driver=False, _system_config={"worker_niceness": 0}, runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
+             log_to_driver=False, _system_config={"worker_niceness": 0},
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
     opts = {"width": args.width, "blocks": args.blocks}
     trials = []
     for i in range(args.trials):
@@ -221,10 +223,15 @@ def main(args):
                 x, y, index = x_all[:n], y_all[:n], idx[:n]
                 job_trials = trials[:n_trials]
                 work_items = n * len(eps) * n_trials
+                busiest = {"A": [], "B": [], "C": []}
                 times, loads, diffs, ref = {"A": [], "B": [], "C": []}, {"A": [], "B": [], "C": []}, {}, None
                 order = [k for r in range(args.rounds) for k in (("A", "B", "C") if r % 2 == 0 else ("C", "B", "A"))]
                 for run_i, arm in enumerate(order):
                     out = work / f"{aname}-{sname}-{run_i}"
+                    units: list[dict] = []
+
+                    def note(unit, info, units=units):
+                        units.append(info)
                     before = os.getloadavg()[0]
                     if arm == "A":
                         t = time.perf_counter()
@@ -233,18 +240,23 @@ def main(args):
                     elif arm == "B":
                         t = time.perf_counter()
                         evaluate(out, "bench", job_trials, [attack], x, y, index, shard_size=args.shard,
-                                 batch_size=args.batch, base_seed=0, **engine_kw)
+                                 batch_size=args.batch, base_seed=0, progress=note, **engine_kw)
                         wall = time.perf_counter() - t
                         rows = engine_rows(out)
                     else:
                         out = Path(pool.out_dir)
                         t = time.perf_counter()
                         evaluate(out, "bench", job_trials, [attack], x, y, index, shard_size=args.shard,
-                                 batch_size=args.batch, base_seed=0, num_workers=workers, pool=pool)
+                                 batch_size=args.batch, base_seed=0, num_workers=workers, pool=pool, progress=note)
                         wall = time.perf_counter() - t
                         rows = engine_rows(out)
                     shutil.rmtree(out, ignore_errors=True)
                     times[arm].append(wall)
+                    per_worker: dict[int, float] = {}
+                    for u in units:
+                        per_worker[u["pid"]] = per_worker.get(u["pid"], 0.0) + u["seconds"]
+                    # time inside the workers' run() (busiest worker) vs wall: the rest is the engine's own overhead
+                    busiest[arm].append(max(per_worker.values()) if per_worker else wall)
                     loads[arm].append([before, os.getloadavg()[0]])
                     ref = rows if ref is None else ref  # the first run is (A): every run is compared with it
                     d = differences(ref, rows)
@@ -259,6 +271,7 @@ def main(args):
                     job["arms"][arm] = {"label": label, "seconds": spread(times[arm]),
                                         "examples_per_s": work_items / statistics.median(times[arm]),
                                         "speedup_vs_plain": spread(ratio), "loadavg_before_after": loads[arm],
+                                        "busiest_worker_s": spread(busiest[arm]),
                                         "vs_plain_first_run": diffs[arm]}
                     if aname == "pgd20":
                         gf = work_items * (20 * fl["step"] + 2 * fl["forward"]) / statistics.median(times[arm]) / 1e9
@@ -283,7 +296,7 @@ def main(args):
 def markdown(results) -> str:
     a = results["args"]
     m = results["machine"]
-    lines = [f"{m['device']} ({m['threads']} threads), ResNet width {a['width']} × {a['blocks']} blocks, batch "
+    lines = [f"{m['device']} ({m['threads']} threads, niceness {m.get('niceness', 0)}), ResNet width {a['width']} × {a['blocks']} blocks, batch "
              f"{a['batch']}, shard {a['shard']}; warm pool start-up {results['warm_pool_startup_s']:.1f} s (once); "
              f"matmul peak {results['peak_gflops']:.0f} GFLOP/s; load average "
              f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end.", "",
@@ -307,4 +320,10 @@ def markdown(results) -> str:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    _args = parse_args()
+    if _args.report:
+        _res = json.loads(Path(_args.report).read_text())
+        _res["machine"].setdefault("loadavg_end", [float("nan")] * 3)  # a run stopped before its end
+        print(markdown(_res))
+    else:
+        main(_args)
