@@ -223,7 +223,7 @@ def main(args):
                 x, y, index = x_all[:n], y_all[:n], idx[:n]
                 job_trials = trials[:n_trials]
                 work_items = n * len(eps) * n_trials
-                busiest = {"A": [], "B": [], "C": []}
+                busiest, cpu_share = {"A": [], "B": [], "C": []}, {"A": [], "B": [], "C": []}
                 times, loads, diffs, ref = {"A": [], "B": [], "C": []}, {"A": [], "B": [], "C": []}, {}, None
                 order = [k for r in range(args.rounds) for k in (("A", "B", "C") if r % 2 == 0 else ("C", "B", "A"))]
                 for run_i, arm in enumerate(order):
@@ -233,10 +233,11 @@ def main(args):
                     def note(unit, info, units=units):
                         units.append(info)
                     before = os.getloadavg()[0]
+                    cpu = 0.0
                     if arm == "A":
-                        t = time.perf_counter()
+                        t, c = time.perf_counter(), time.process_time()
                         rows = plain_loop(job_trials, attack, eps, x, y, index, args.shard, args.batch, 0, args.device)
-                        wall = time.perf_counter() - t
+                        wall, cpu = time.perf_counter() - t, time.process_time() - c
                     elif arm == "B":
                         t = time.perf_counter()
                         evaluate(out, "bench", job_trials, [attack], x, y, index, shard_size=args.shard,
@@ -255,6 +256,9 @@ def main(args):
                     per_worker: dict[int, float] = {}
                     for u in units:
                         per_worker[u["pid"]] = per_worker.get(u["pid"], 0.0) + u["seconds"]
+                    # cores the computing processes had on average: CPU time of (A)'s process, or of the workers'
+                    # run() calls, ÷ the job's wall time
+                    cpu_share[arm].append((cpu if arm == "A" else sum(u["cpu_seconds"] for u in units)) / wall)
                     # time inside the workers' run() (busiest worker) vs wall: the rest is the engine's own overhead
                     busiest[arm].append(max(per_worker.values()) if per_worker else wall)
                     loads[arm].append([before, os.getloadavg()[0]])
@@ -272,6 +276,7 @@ def main(args):
                                         "examples_per_s": work_items / statistics.median(times[arm]),
                                         "speedup_vs_plain": spread(ratio), "loadavg_before_after": loads[arm],
                                         "busiest_worker_s": spread(busiest[arm]),
+                                        "cores_used": spread(cpu_share[arm]),
                                         "vs_plain_first_run": diffs[arm]}
                     if aname == "pgd20":
                         gf = work_items * (20 * fl["step"] + 2 * fl["forward"]) / statistics.median(times[arm]) / 1e9
@@ -296,11 +301,13 @@ def main(args):
 def markdown(results) -> str:
     a = results["args"]
     m = results["machine"]
-    lines = [f"{m['device']} ({m['threads']} threads, niceness {m.get('niceness', 0)}), ResNet width {a['width']} × {a['blocks']} blocks, batch "
+    lines = [f"{m['device']} ({m['threads']} threads, niceness {m.get('niceness', 0)}), ResNet width {a['width']} × "
+             f"{a['blocks']} blocks, batch "
              f"{a['batch']}, shard {a['shard']}; warm pool start-up {results['warm_pool_startup_s']:.1f} s (once); "
              f"matmul peak {results['peak_gflops']:.0f} GFLOP/s; load average "
              f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end.", "",
-             "| attack / job | work (ex × ε × trials) | plain loop ex/s | engine fresh: ex/s, vs plain | warm pool: ex/s, "
+             "| attack / job | work (ex × ε × trials) | plain loop ex/s | engine fresh: ex/s, vs plain "
+             "| warm pool: ex/s, "
              "vs plain | rows ≠ plain (robust / adv pred) | load before (A/B/C) |",
              "|---|---:|---:|---:|---:|---|---|"]
     for key, j in results["jobs"].items():

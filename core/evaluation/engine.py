@@ -90,7 +90,7 @@ class EvalWorker:
         from advsweep.storage.parquet import write_atomic
         from advsweep.training.trainer import as_float_images
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model = self._model(checkpoint)
         source = self._model(source_checkpoint) if source_checkpoint else None
         xt = as_float_images(torch.from_numpy(np.array(x)))  # object-store arrays are read-only
@@ -114,7 +114,8 @@ class EvalWorker:
             write_atomic(table, path, self.sweep_id)
             paths.append(str(path))
         return {"paths": paths, "rows": sum(t.num_rows for _, t in tables), "examples": len(x),
-                "seconds": time.perf_counter() - start, "pid": os.getpid(), **node,
+                "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+                "pid": os.getpid(), **node,
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
@@ -144,8 +145,9 @@ class WorkerPool:
     `close()` (or leaving a `with` block) kills the actors.
 
     `background=True` (overlapped evaluation, while training runs): actors hold no CPU slot (num_cpus=0; GPUs are
-    still reserved) and run at OS niceness `nice`, so an idle warm actor never keeps a trial from starting and a busy
-    one yields the cores to training when they are short. `evaluate` still bounds how many of them run at once."""
+    still reserved) and their OS niceness is raised by `nice` above Ray's worker niceness (capped at 19), so an idle
+    warm actor never keeps a trial from starting and a busy one yields the cores to training when they are short.
+    `evaluate` still bounds how many of them run at once."""
 
     def __init__(self, out_dir: str | Path, sweep_id: str, *, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
                  worker_env: dict[str, str] | None = None, background: bool = False, nice: int = 10,
