@@ -74,7 +74,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2))
     for r in runs:
         print(f"{'overlap' if r['overlap'] else 'sequential':>10}: wall {r['wall_s']:.1f} s, utilisation "
-              f"{100 * r['utilisation']:.0f} % of {r['slots']} slots (load before {r['load_before']:.1f}, after {r['load_after']:.1f})")
+              f"{100 * r['utilisation']:.0f} % of {r['slots']} slots (load before {r['load_before']:.1f}, "
+              f"after {r['load_after']:.1f})")
     print(f"overlapped / sequential wall: {report['wall_ratio_overlap_vs_sequential']:.2f}")
 
 

@@ -9,7 +9,7 @@ and anything the thread did not reach). The callback finds its pool through a re
 works after `Tuner.restore` (Tune pickles callbacks into its experiment state).
 
 The thread's actors come from one warm `WorkerPool` kept for the whole sweep (each actor process starts, imports torch
-and loads the data once, not once per completed trial). Its actors hold no CPU slot and run niced, so an idle one
+and loads each checkpoint once, not once per completed trial). Its actors hold no CPU slot and run niced, so an idle one
 never keeps a trial from starting and training keeps the cores when both want them; the evaluation stage after
 training reuses the same warm actors (`pool`), and `close()` ends them.
 """
