@@ -194,7 +194,9 @@ def main(args):
     x_all, y_all = data.x_test[idx], data.y_test[idx]
     sizes = {"one-shard": (args.shard, EPS[:1], 1), "mid": (args.mid_n, EPS, 1),
              "sweep": (args.mid_n, EPS, args.trials)}
-    engine_kw = ({"cpus_per_worker": 1, "gpus_per_worker": 1} if gpu else {"cpus_per_worker": 1})
+    # On one GPU the warm pool's worker and (B)'s fresh one each reserve half of it, so that both fit (one worker
+    # each; (B) gets num_workers=1): a whole-GPU reservation by the idle warm worker would leave (B) waiting forever.
+    engine_kw = ({"cpus_per_worker": 1, "gpus_per_worker": 0.5} if gpu else {"cpus_per_worker": 1})
     from advsweep.training.trainer import as_float_images
 
     fl = count_flops(model.eval(), as_float_images(torch.from_numpy(x_all[:64])), torch.from_numpy(y_all[:64]).long())
@@ -241,7 +243,8 @@ def main(args):
                     elif arm == "B":
                         t = time.perf_counter()
                         evaluate(out, "bench", job_trials, [attack], x, y, index, shard_size=args.shard,
-                                 batch_size=args.batch, base_seed=0, progress=note, **engine_kw)
+                                 batch_size=args.batch, base_seed=0, progress=note,
+                                 num_workers=1 if gpu else None, **engine_kw)
                         wall = time.perf_counter() - t
                         rows = engine_rows(out)
                     else:
