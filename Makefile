@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: install data quickstart test bench bench-search clean
+.PHONY: install data quickstart test bench bench-engine bench-search clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/attack_throughput.py
+
+bench-engine: install   # engine vs plain loop at three job sizes (PGD-20, AutoAttack, Square); --device cuda on a GPU
+	$(VENV)/bin/python benchmarks/engine_speed.py
 
 bench-search: install   # ~30 min on 2 busy cores: grid, tpe and nsga2 sweeps, then a tabular replay
 	$(VENV)/bin/python benchmarks/search_efficiency.py

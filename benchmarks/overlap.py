@@ -3,11 +3,12 @@
 A sweep of 8 short trials (ResNet width 8, Fashion-MNIST, 2–5 epochs so that trials finish at different times)
 with an attack stage (FGSM + PGD-10 at two ε, 200 test images), run into fresh directories on the same local Ray,
 in ABBA order (sequential, overlapped, overlapped, sequential) so that a drifting load cancels: `eval.overlap: false` (train everything, then attack) and `eval.overlap: true` (attack each trial as soon as it
-completes). Reported: wall time of each and their ratio; slot utilisation = Σ(busy time of trials and evaluation
+completes; its actors come from one warm pool kept for the whole sweep and reused by the evaluation stage).
+Reported: wall time of each and their ratio; slot utilisation = Σ(busy time of trials and evaluation
 units) ÷ (wall × slots), where a trial's busy time is its Tune wall time (training, monitoring, test evaluation) and
-a unit's its own wall time; the machine's load average before each run is recorded.
+a unit's its own wall time; the machine's load average before and after each run is recorded.
 
-    .venv/bin/python benchmarks/overlap.py [--out benchmarks/overlap.json]
+    .venv/bin/python benchmarks/overlap.py [--out benchmarks/results/overlap.json]
 """
 from __future__ import annotations
 
@@ -50,14 +51,16 @@ def one(overlap: bool, root: Path) -> dict:
     unit_busy = float(ex.groupby(["trial_id", "attack", "eps", "shard"], observed=True)["wall_time_s"].max().sum())
     trial_busy = float(trials["wall_time_s"].sum())
     slots = int(ray.cluster_resources().get("CPU", 1))
-    return {"overlap": overlap, "wall_s": wall, "trials": res.n_trials, "completed": res.n_completed,
+    manifest = json.loads((out / "sweep.json").read_text())
+    return {"overlapped_units": manifest.get("overlap", {}).get("units"), "load_after": os.getloadavg()[0],
+            "overlap": overlap, "wall_s": wall, "trials": res.n_trials, "completed": res.n_completed,
             "trial_busy_s": trial_busy, "unit_busy_s": unit_busy, "slots": slots,
             "utilisation": (trial_busy + unit_busy) / (wall * slots), "load_before": load}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(Path(__file__).with_name("overlap.json")))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "overlap.json"))
     ap.add_argument("--rounds", type=int, default=2, choices=(1, 2), help="1: sequential, overlapped; 2: ABBA order")
     args = ap.parse_args()
     runs = []
@@ -67,10 +70,12 @@ def main() -> None:
     seq = sum(r["wall_s"] for r in runs if not r["overlap"])
     ovl = sum(r["wall_s"] for r in runs if r["overlap"])
     report = {"runs": runs, "wall_ratio_overlap_vs_sequential": ovl / seq, "cpus": os.cpu_count()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     for r in runs:
         print(f"{'overlap' if r['overlap'] else 'sequential':>10}: wall {r['wall_s']:.1f} s, utilisation "
-              f"{100 * r['utilisation']:.0f} % of {r['slots']} slots (load before {r['load_before']:.1f})")
+              f"{100 * r['utilisation']:.0f} % of {r['slots']} slots (load before {r['load_before']:.1f}, "
+              f"after {r['load_after']:.1f})")
     print(f"overlapped / sequential wall: {report['wall_ratio_overlap_vs_sequential']:.2f}")
 
 

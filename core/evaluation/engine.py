@@ -62,8 +62,10 @@ class EvalWorker:
     """Ray actor body: keeps loaded models, runs units, writes their files. Plain class so it can run in-process."""
 
     def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, cache_models: int = 4,
-                 crash_marker: str | None = None):
+                 crash_marker: str | None = None, nice: int = 0):
         torch.set_num_threads(max(1, threads))
+        if nice:  # a background worker (overlapped evaluation): the OS runs training first when cores are short
+            os.nice(nice)
         self.out_dir, self.sweep_id = out_dir, sweep_id
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.models: OrderedDict[str, torch.nn.Module] = OrderedDict()
@@ -77,7 +79,8 @@ class EvalWorker:
         if checkpoint not in self.models:
             self.models[checkpoint] = load_model(checkpoint, self.device)
             if len(self.models) > self.cache_models:
-                self.models.popitem(last=False)
+                old, _ = self.models.popitem(last=False)
+                self.clean = {k: v for k, v in self.clean.items() if k[0] != old}
         self.models.move_to_end(checkpoint)
         return self.models[checkpoint]
 
@@ -87,12 +90,13 @@ class EvalWorker:
         from advsweep.storage.parquet import write_atomic
         from advsweep.training.trainer import as_float_images
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model = self._model(checkpoint)
         source = self._model(source_checkpoint) if source_checkpoint else None
         xt = as_float_images(torch.from_numpy(np.array(x)))  # object-store arrays are read-only
         yt = torch.from_numpy(np.array(y)).long()
-        key = (checkpoint, unit.shard)
+        # A warm pool's worker serves many evaluate() calls: the key names the examples, not just the shard number.
+        key = (checkpoint, unit.shard, batch_size, hash(np.asarray(index).tobytes()))
         if key not in self.clean:
             self.clean[key] = predict_logits(model, xt, batch_size, self.device)
         tables = run_unit(model, unit, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
@@ -110,7 +114,8 @@ class EvalWorker:
             write_atomic(table, path, self.sweep_id)
             paths.append(str(path))
         return {"paths": paths, "rows": sum(t.num_rows for _, t in tables), "examples": len(x),
-                "seconds": time.perf_counter() - start, "pid": os.getpid(), **node,
+                "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+                "pid": os.getpid(), **node,
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
@@ -134,22 +139,113 @@ def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[Att
     return units, todo
 
 
+class WorkerPool:
+    """Evaluation actors kept across `evaluate` calls (one pool per sweep): each actor process starts, imports torch,
+    loads a checkpoint and computes its clean logits once instead of once per call. Ray must be initialised;
+    `close()` (or leaving a `with` block) kills the actors.
+
+    `background=True` (overlapped evaluation, while training runs): actors hold no CPU slot (num_cpus=0; GPUs are
+    still reserved) and their OS niceness is raised by `nice` above Ray's worker niceness (capped at 19), so an idle
+    warm actor never keeps a trial from starting and a busy one yields the cores to training when they are short.
+    `evaluate` still bounds how many of them run at once."""
+
+    def __init__(self, out_dir: str | Path, sweep_id: str, *, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                 worker_env: dict[str, str] | None = None, background: bool = False, nice: int = 10,
+                 crash_marker: str | None = None):
+        import ray
+
+        self.out_dir, self.sweep_id = str(Path(out_dir).resolve()), sweep_id
+        self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
+        self.threads = int(max(1, cpus_per_worker))
+        self.nice = nice if background else 0
+        self.crash_marker = crash_marker
+        env = default_worker_env(self.threads) if worker_env is None else dict(worker_env)
+        self._actor_cls = ray.remote(EvalWorker).options(
+            num_cpus=0 if background else cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
+            **({"runtime_env": {"env_vars": env}} if env else {}))
+        self.started: dict[Any, Any] = {}  # live actor -> ref that resolves once its process is up
+        self.idle: list = []
+        self.created = 0  # actor processes started over the pool's life
+
+    def new_actor(self):
+        actor = self._actor_cls.remote(self.out_dir, self.sweep_id, self.threads, self.gpus_per_worker > 0,
+                                       crash_marker=self.crash_marker, nice=self.nice)
+        self.started[actor] = actor.__ray_ready__.remote()
+        self.created += 1
+        return actor
+
+    def is_up(self, actor) -> bool:
+        import ray
+
+        return not ray.wait([self.started[actor]], timeout=0)[1]
+
+    def take(self, n: int) -> list:
+        """n actors: warm idle ones first (those already up before those still starting), then new ones."""
+        self.idle.sort(key=lambda a: not self.is_up(a))
+        out, self.idle = self.idle[:n], self.idle[n:]
+        return out + [self.new_actor() for _ in range(n - len(out))]
+
+    def give_back(self, actors: list) -> None:
+        self.idle.extend(a for a in actors if a in self.started)
+
+    def discard(self, actor) -> None:
+        """Forget an actor (dead, or about to be killed) and kill it."""
+        import ray
+
+        self.started.pop(actor, None)
+        if actor in self.idle:
+            self.idle.remove(actor)
+        ray.kill(actor)
+
+    def close(self) -> None:
+        for actor in list(self.started):
+            self.discard(actor)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks: list[AttackConfig],
              x: np.ndarray, y: np.ndarray, index: np.ndarray, *, shard_size: int, batch_size: int, base_seed: int,
              num_workers: int | None = None, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
              source_checkpoints: dict[str, str] | None = None, progress: Callable[[Unit, dict], None] | None = None,
              crash_marker: str | None = None, worker_env: dict[str, str] | None = None,
-             skip: set[tuple[str, str]] = frozenset()) -> dict[str, int]:
+             skip: set[tuple[str, str]] = frozenset(), pool: WorkerPool | None = None,
+             in_process: bool | None = None) -> dict[str, int]:
     """Run every pending unit on a pool of actors; returns counts. Ray must be initialised by the caller.
 
     `source_checkpoints` maps an attack label to the checkpoint it crafts on (transfer attacks). `worker_env`:
-    environment variables of the worker processes (added to the job's runtime_env); None: `default_worker_env`."""
+    environment variables of the worker processes (added to the job's runtime_env); None: `default_worker_env`.
+    `pool`: a `WorkerPool` whose warm actors this call uses and leaves warm (its own settings then replace
+    `cpus_per_worker`, `gpus_per_worker`, `worker_env` and `crash_marker`); None: a pool for this call only.
+    `in_process`: run the units in this process (the same worker code and files; no actor start-up, no retry of a
+    dying process) with torch threads = the node's free CPUs, at least `cpus_per_worker`; None: only for a job of
+    one pending unit on a one-node CPU cluster without a warm pool, where an actor could not run anything in
+    parallel and would only add its start-up."""
     import ray
 
     out_dir = str(Path(out_dir).resolve())
     units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
     if not todo:
         return {"units": len(units), "ran": 0, "resubmitted": 0}
+    if in_process is None:
+        in_process = (len(todo) == 1 and pool is None and not gpus_per_worker and crash_marker is None
+                      and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
+    if in_process:
+        free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else os.cpu_count() or 1
+        threads = max(int(max(1, cpus_per_worker)), min(free, os.cpu_count() or 1))
+        return _evaluate_here(out_dir, sweep_id, trials, todo, len(units), x, y, index, shard_size, batch_size,
+                              base_seed, threads, gpus_per_worker > 0, source_checkpoints, progress)
+    own_pool = pool is None
+    if own_pool:
+        pool = WorkerPool(out_dir, sweep_id, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                          worker_env=worker_env, crash_marker=crash_marker)
+    elif (pool.out_dir, pool.sweep_id) != (out_dir, sweep_id):
+        raise ValueError(f"the worker pool writes {pool.out_dir} for {pool.sweep_id}, not {out_dir} for {sweep_id}")
+    cpus_per_worker, gpus_per_worker = pool.cpus_per_worker, pool.gpus_per_worker
     ckpt = {t.trial_id: t.checkpoint for t in trials}
     bounds = shard_bounds(len(x), shard_size)
 
@@ -160,73 +256,85 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     if num_workers is None:
         num_workers = max(1, slots())
     num_workers = min(num_workers, len(todo))
-    threads = int(max(1, cpus_per_worker))
-    env = default_worker_env(threads) if worker_env is None else dict(worker_env)
-    Actor = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
-                                           **({"runtime_env": {"env_vars": env}} if env else {}))
-
-    # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
-    started: dict[Any, Any] = {}  # actor -> ref that resolves once the actor process is up
     evicted: set = set()  # actors killed because they never started while a started one sat idle
 
-    def new_actor():
-        actor = Actor.remote(out_dir, sweep_id, threads, gpus_per_worker > 0, crash_marker=crash_marker)
-        started[actor] = actor.__ray_ready__.remote()
-        return actor
-
-    def is_up(actor) -> bool:
-        return not ray.wait([started[actor]], timeout=0)[1]
-
+    # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
-    free = [new_actor() for _ in range(num_workers)]
+    free = pool.take(num_workers)
     queue = list(reversed(todo))  # pop() from the end keeps the trial-major order: actors reuse loaded models
     attempts: dict[Unit, int] = {}
     inflight: dict[Any, tuple[Unit, Any]] = {}
     resubmitted = 0
-    while queue or inflight:
-        while queue and free:
-            # A replacement actor may wait for a slot that only the idle actors hold: prefer actors that are up.
-            up = [a for a in free if is_up(a)]
-            actor = up[0] if up else free[-1]
-            free.remove(actor)
-            unit = queue.pop()
-            attempts[unit] = attempts.get(unit, 0) + 1
-            src = (source_checkpoints or {}).get(unit.attack.label)
-            xs, ys, ids = refs[unit.shard]
-            ref = actor.run.remote(unit, ckpt[unit.trial_id], xs, ys, ids, base_seed, batch_size, src)
-            inflight[ref] = (unit, actor)
-        finished, _ = ray.wait(list(inflight), num_returns=1, timeout=10)
-        if not finished:
-            # Work handed to an actor that never started (its slot went with a lost node, or an idle actor holds
-            # it) would wait forever: kill such actors while a started one is idle; their units are requeued.
-            if any(is_up(a) for a in free):
-                for ref, (u, a) in list(inflight.items()):
-                    if not is_up(a):
-                        evicted.add(a)
-                        ray.kill(a)
-            continue
-        done = finished[0]
-        unit, actor = inflight.pop(done)
-        try:
-            info = ray.get(done)
-        except ray.exceptions.RayActorError:
-            if actor in evicted:  # never started, killed above: its unit goes to a started actor, not counted
-                attempts[unit] -= 1
-                queue.append(unit)
+    try:
+        while queue or inflight:
+            while queue and free:
+                # A replacement actor may wait for a slot that only the idle actors hold: prefer actors that are up.
+                up = [a for a in free if pool.is_up(a)]
+                actor = up[0] if up else free[-1]
+                free.remove(actor)
+                unit = queue.pop()
+                attempts[unit] = attempts.get(unit, 0) + 1
+                src = (source_checkpoints or {}).get(unit.attack.label)
+                xs, ys, ids = refs[unit.shard]
+                ref = actor.run.remote(unit, ckpt[unit.trial_id], xs, ys, ids, base_seed, batch_size, src)
+                inflight[ref] = (unit, actor)
+            finished, _ = ray.wait(list(inflight), num_returns=1, timeout=10)
+            if not finished:
+                # Work handed to an actor that never started (its slot went with a lost node, or an idle actor holds
+                # it) would wait forever: kill such actors while a started one is idle; their units are requeued.
+                if any(pool.is_up(a) for a in free):
+                    for ref, (u, a) in list(inflight.items()):
+                        if not pool.is_up(a):
+                            evicted.add(a)
+                            ray.kill(a)
                 continue
-            # The process died (OOM, node loss, kill): the unit's file was not renamed into place, so run it again
-            # on a fresh actor. Its deterministic seed gives the same rows as an uninterrupted run.
-            if attempts[unit] >= MAX_ATTEMPTS:
-                raise RuntimeError(f"unit {unit} failed {attempts[unit]} times: its worker keeps dying") from None
-            queue.append(unit)
-            live = len(free) + len({id(a) for _, a in inflight.values()})
-            if live == 0 or live < min(num_workers, slots()):  # no replacement that only a lost node could hold
-                free.append(new_actor())
-            resubmitted += 1
-            continue
-        free.append(actor)
-        if progress:
-            progress(unit, info)
-    for a in free:
-        ray.kill(a)
+            done = finished[0]
+            unit, actor = inflight.pop(done)
+            try:
+                info = ray.get(done)
+            except ray.exceptions.RayActorError:
+                pool.discard(actor)
+                if actor in evicted:  # never started, killed above: its unit goes to a started actor, not counted
+                    attempts[unit] -= 1
+                    queue.append(unit)
+                    continue
+                # The process died (OOM, node loss, kill): the unit's file was not renamed into place, so run it
+                # again on a fresh actor. Its deterministic seed gives the same rows as an uninterrupted run.
+                if attempts[unit] >= MAX_ATTEMPTS:
+                    raise RuntimeError(f"unit {unit} failed {attempts[unit]} times: its worker keeps dying") from None
+                queue.append(unit)
+                live = len(free) + len({id(a) for _, a in inflight.values()})
+                if live == 0 or live < min(num_workers, slots()):  # no replacement that only a lost node could hold
+                    free.append(pool.new_actor())
+                resubmitted += 1
+                continue
+            free.append(actor)
+            if progress:
+                progress(unit, info)
+    finally:
+        # Actors still busy when an error ends the call are killed: their units were not counted as done.
+        for _, a in inflight.values():
+            pool.discard(a)
+        pool.give_back(free)
+        if own_pool:
+            pool.close()
     return {"units": len(units), "ran": len(todo), "resubmitted": resubmitted}
+
+
+def _evaluate_here(out_dir, sweep_id, trials, todo, n_units, x, y, index, shard_size, batch_size, base_seed, threads,
+                   use_gpu, source_checkpoints, progress) -> dict[str, int]:
+    """`evaluate` in this process: the same worker code and files, this process's torch threads set for the call."""
+    ckpt = {t.trial_id: t.checkpoint for t in trials}
+    bounds = shard_bounds(len(x), shard_size)
+    old_threads = torch.get_num_threads()
+    try:
+        worker = EvalWorker(out_dir, sweep_id, threads, use_gpu)
+        for unit in todo:
+            lo, hi = bounds[unit.shard]
+            info = worker.run(unit, ckpt[unit.trial_id], x[lo:hi], y[lo:hi], index[lo:hi], base_seed, batch_size,
+                              (source_checkpoints or {}).get(unit.attack.label))
+            if progress:
+                progress(unit, info)
+    finally:
+        torch.set_num_threads(old_threads)
+    return {"units": n_units, "ran": len(todo), "resubmitted": 0}

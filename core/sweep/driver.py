@@ -268,6 +268,8 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
                            {k: v for k, v in by_status.items() if v}, tracking.failures)
 
     if by_status["interrupted"]:
+        if isinstance(overlap, OverlappedEvaluation):
+            overlap.close()
         manifest.update(status="interrupted", n_completed=n_completed)
         write_manifest(out, manifest)
         tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed}, [], status="KILLED")
@@ -277,8 +279,14 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     write_manifest(out, manifest)
     print(f"training done in {time.time() - start:.0f}s; evaluating attacks on the engine", flush=True)
     skip = check_evaluation(out, trial_rows, attack_configs(raw.attacks))
-    run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
-                         cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu, skip=skip)
+    warm = overlap.pool if isinstance(overlap, OverlappedEvaluation) else None  # the overlap's actors, still warm
+    try:
+        run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
+                             cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu, skip=skip,
+                             pool=warm)
+    finally:
+        if warm is not None:
+            warm.close()
 
     artifacts = []
     if make_plots and n_completed:

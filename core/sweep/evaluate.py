@@ -92,10 +92,10 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
                          data: dict[str, np.ndarray], eval_cfg: dict[str, Any], mlflow_uri: str | None,
                          cpus_per_worker: float = 1, gpus_per_worker: float = 0,
                          num_workers: int | None = None,
-                         skip: dict[tuple[str, str], str] | None = None) -> dict[str, int]:
+                         skip: dict[tuple[str, str], str] | None = None, pool=None) -> dict[str, int]:
     """Run the units of `attacks` on the completed trials, then rewrite the aggregate tables. Call
     `check_evaluation` first (before Ray starts) so that bad input fails with one line and nothing written; pass
-    the pairs it returned as `skip`."""
+    the pairs it returned as `skip`. `pool`: a warm `engine.WorkerPool` to run on (the overlapped evaluation's)."""
     done = [r for r in trial_rows if r["status"] == "completed"]
     by_label = {a.label: a for a in attacks}
     if skip is None:
@@ -116,7 +116,7 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
                           batch_size=eval_cfg["batch_size"], base_seed=eval_cfg["seed"], num_workers=num_workers,
                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                           source_checkpoints=source_checkpoints(trial_rows, attacks), progress=progress,
-                          skip=set(skip))
+                          skip=set(skip), pool=pool)
     _write_skipped(out_dir, sweep_id, attacks, skip)
     examples = read_examples(out_dir)
     robustness = robustness_table(examples, read_skipped(out_dir))

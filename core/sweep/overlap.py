@@ -7,6 +7,11 @@ placed only on a free CPU/GPU, and a pending trial waits for one. Units are idem
 stage after training finds them done (and runs what is left: transfer attacks, whose source trial may finish later,
 and anything the thread did not reach). The callback finds its pool through a registry keyed by sweep id, so it also
 works after `Tuner.restore` (Tune pickles callbacks into its experiment state).
+
+The thread's actors come from one warm `WorkerPool` kept for the whole sweep (each actor process starts, imports torch
+and loads each checkpoint once, not once per completed trial). Its actors hold no CPU slot and run niced, so an idle one
+never keeps a trial from starting and training keeps the cores when both want them; the evaluation stage after
+training reuses the same warm actors (`pool`), and `close()` ends them.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from advsweep.evaluation.engine import TrialRef, evaluate, free_worker_slots
+from advsweep.evaluation.engine import TrialRef, WorkerPool, evaluate, free_worker_slots
 from advsweep.evaluation.units import AttackConfig
 
 _POOLS: dict[str, "OverlappedEvaluation"] = {}
@@ -38,16 +43,26 @@ class OverlappedEvaluation:
         self.busy_s = 0.0
         self.trials_done: list[str] = []
         self.thread = threading.Thread(target=self._loop, name="advsweep-overlap", daemon=True)
+        self.pool: WorkerPool | None = None
 
     def __enter__(self) -> "OverlappedEvaluation":
         _POOLS[self.sweep_id] = self
+        self.pool = WorkerPool(self.out_dir, self.sweep_id, cpus_per_worker=self.cpus, gpus_per_worker=self.gpus,
+                               background=True)
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        """Stops the thread; the warm actors stay for the evaluation stage unless an error ends the sweep here."""
         self.queue.put(None)
         self.thread.join()
         _POOLS.pop(self.sweep_id, None)
+        if exc_type is not None:
+            self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
     def submit(self, ref: TrialRef) -> None:
         self.queue.put(ref)
@@ -66,7 +81,7 @@ class OverlappedEvaluation:
                                   self.data["y_test"], self.data["test_index"], shard_size=self.eval_cfg["shard_size"],
                                   batch_size=self.eval_cfg["batch_size"], base_seed=self.eval_cfg["seed"],
                                   num_workers=max(1, free_worker_slots(self.cpus, self.gpus)),
-                                  cpus_per_worker=self.cpus, gpus_per_worker=self.gpus, skip=skip)
+                                  skip=skip, pool=self.pool)
                 self.units_run += counts["ran"]
                 self.trials_done.append(ref.trial_id)
             except Exception as exc:  # the final stage redoes what is missing; never lose the sweep to this thread
