@@ -80,7 +80,7 @@ class Results:
     manifest: dict[str, Any]
     trials: pd.DataFrame  # one row per trial: name, trial_id, trial_index, status, natural_*, nfe_forward, checkpoint
     cells: list[Cell]
-    robust: dict[tuple[str, str], dict[str, Any]]  # (trial_id, cell key) → robustness row (status ok / not_applicable)
+    robust: dict[tuple[str, str], dict[str, Any]]  # (trial_id, cell key) → its robustness row (ok / not_applicable)
     notes: list[str] = field(default_factory=list)
 
     def value(self, trial_id: str, key: str) -> dict[str, Any] | None:
@@ -103,12 +103,15 @@ def _select_cells(rob: pd.DataFrame, attacks: list[str] | None, eps: float | Non
     all_cells = sorted({Cell(r.attack, float(r.eps), r.attack_name, r.norm) for r in rob.itertuples()
                         if not (r.norm == "none" and r.eps == 0)}, key=lambda c: (c.attack_name == S.ENSEMBLE, c.attack,
                                                                                   c.eps))
-    labels = sorted({c.attack for c in all_cells})
+    labels = sorted(set(rob["attack"].astype(str)))
     if attacks:
         for a in attacks:
             if a not in labels:
                 raise SpecError("--attack", f"{a!r} was not run in {sweep_dir} (attacks there: "
                                             f"{', '.join(labels) or 'none'})")
+            if not any(c.attack == a for c in all_cells):
+                raise SpecError("--attack", f"{a!r} is a minimal-distortion attack run without an ε > 0: it has "
+                                            f"distances, not accuracies at an ε (see `advsweep curves`)")
         cells = [c for c in all_cells if c.attack in attacks]
     else:
         cells = [c for c in all_cells if ensemble or c.attack_name != S.ENSEMBLE]
@@ -145,9 +148,10 @@ def load_results(sweep_dir: str | Path, attacks: list[str] | None = None, eps: f
         "nfe_forward": trials["nfe_forward"] if "nfe_forward" in trials else np.nan,
         "n_test": trials["n_test"] if "n_test" in trials else np.nan,
         "model_name": trials["model_name"].astype(str),
-        "checkpoint": [str((sweep_dir / c).resolve()) if c and not Path(c).is_absolute() else c
-                       for c in trials["checkpoint"]],
+        "checkpoint": [(c if Path(c).is_absolute() else str((sweep_dir / c).resolve())) if isinstance(c, str) and c
+                       else None for c in trials["checkpoint"]],
         "config_json": trials["config_json"] if "config_json" in trials else None,
+        "error": trials["error"] if "error" in trials else None,
     })
     rob = read_robustness(sweep_dir).to_pandas()
     rob = rob[rob["trial_id"].astype(str).isin(set(table["trial_id"]))]
@@ -243,6 +247,9 @@ def footer(res: Results) -> list[str]:
     lines = [f"± : larger half of the 95 % Wilson interval{f' over {n[0]} test examples' if len(n) == 1 else ''}"
              f" (exact bounds: --format csv or json)",
              "n/a: the attack does not apply to the model; NFE: ODE function evaluations per test batch"]
+    for r in res.trials.itertuples():  # why a trial has no numbers
+        if r.status != "completed" and isinstance(r.error, str) and r.error:
+            lines.append(f"{r.name} ({r.status}): {r.error}")
     return lines + [f"note: {m}" for m in res.notes]
 
 
@@ -252,7 +259,8 @@ def plain_table(header: list[str], rows: list[list[str]]) -> str:
     left = {0, 1}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 

@@ -4,7 +4,7 @@ Tune's default ("new") output prints every trial's whole config as a table when 
 result dict when it ends, a TensorBoard hint, and checkpoint lines; the trials of a sweep differ in one or two keys,
 which that table cuts off. Here Tune runs its classic reporter instead (`RAY_AIR_NEW_OUTPUT=0`, Ray 2.60), at
 verbosity 1 (status tables only), with one column per config key that varies within the sweep (advsweep.naming),
-the training metrics, and a new table only when a trial changes state (or every few minutes while nothing does).
+the training metrics, and a new table only when trials end (or every few minutes while they run).
 Worker log prefixes lose their colour codes when the output is not a terminal (`RAY_COLOR_PREFIX=0`), and Tune's
 closing "Wrote the latest version of all result files" log line is left out.
 """
@@ -39,8 +39,8 @@ def parameter_columns(spec) -> dict[str, str]:
 
 
 class StatusReporter(CLIReporter):
-    """Tune's classic status table, printed when a trial changes state (at most every MIN_INTERVAL_S), at least
-    every MAX_INTERVAL_S, and at the end."""
+    """Tune's classic status table, printed when trials have ended since the last one (at most every
+    MIN_INTERVAL_S, and at the end), and at least every MAX_INTERVAL_S while they run."""
 
     def __init__(self, parameter_columns: dict[str, str]):
         super().__init__(parameter_columns=parameter_columns or None, metric_columns=dict(METRIC_COLUMNS),
@@ -51,16 +51,19 @@ class StatusReporter(CLIReporter):
 
     def should_report(self, trials, done: bool = False) -> bool:
         now = time.time()
-        states = tuple((t.trial_id, t.status) for t in trials)
-        changed = states != self._states and now - self._last >= MIN_INTERVAL_S
-        if done or changed or now - self._last >= MAX_INTERVAL_S:
-            self._states, self._last = states, now
+        ended = tuple(sorted(t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")))
+        changed = ended != self._states
+        quiet_for = now - self._last  # the first call prints the table of trials (and what varies among them)
+        if (done and changed) or (changed and quiet_for >= MIN_INTERVAL_S) or quiet_for >= MAX_INTERVAL_S:
+            self._states, self._last = ended, now
             return True
         return False
 
     def report(self, trials, done: bool, *sys_info: str) -> None:
-        # sys_info: the scheduler's description and the resource line; the resource line is the one worth a row
-        super().report(trials, done, *[s for s in sys_info if s.startswith("Logical resource usage")])
+        # sys_info: the scheduler's description and the resource line; the resource line is the one worth a row.
+        # "Result logdir" names Ray's session staging directory, not the sweep's: left out.
+        text = self._progress_str(trials, done, *[s for s in sys_info if s.startswith("Logical resource usage")])
+        print("\n".join(ln for ln in text.splitlines() if not ln.startswith("Result logdir")), flush=True)
 
 
 def tune_verbosity(output: str) -> int:
