@@ -277,7 +277,7 @@ def eval_(
                                       s.resources.cpu,
                                       s.resources.gpu, workers, skip=skip, output=output)
         files = []
-        if not no_plots:
+        if not no_plots and any(r["status"] == "completed" for r in rows):
             from advsweep.analysis.frontier import write_frontiers
 
             files = write_frontiers(sweep_dir)

@@ -237,6 +237,22 @@ def test_eval_progress_modes(capsys):
     assert "90/90" in err.getvalue() and "units 3/3" in err.getvalue()
 
 
+def test_tune_status_columns_are_what_varies():
+    from advsweep.spec import parse_spec
+    from advsweep.sweep.tune_output import StatusReporter, parameter_columns
+
+    spec = parse_spec(TINY)
+    assert parameter_columns(spec) == {"trial/model/hidden": "hidden"}
+    mlp, rest = TINY.split("attacks:")
+    two = parse_spec(mlp + "  - model: {name: odenet, width: 8, solver: {grid: [rk4, euler]}, step_size: 0.5}\n"
+                           "    training: {recipe: {name: natural}, epochs: 1, batch_size: 50, lr: 0.05}\n"
+                           "attacks:" + rest)
+    cols = parameter_columns(two)
+    assert cols["trial/model/name"] == "name" and cols["trial/model/solver"] == "solver"
+    assert "trial/training/lr" not in cols  # the same in every trial
+    assert StatusReporter(cols)._parameter_columns == cols
+
+
 # ---- a tiny real sweep, output piped as into a log ----
 TINY = """
 name: tiny-output
