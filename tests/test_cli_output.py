@@ -227,7 +227,10 @@ def test_eval_progress_modes(capsys):
     p = EvalProgress("bar", terminal=False)
     p.start(4, 120)
     p(units[0], {"examples": 30, "seconds": 1.0})
-    assert re.fullmatch(r"\[eval\] 1/4 units, 30/120 examples \(\d+\.\d examples/s, ETA \d+:\d\d\)", p.status())
+    assert p.status() == "[eval] 1/4 units, 30/120 examples"  # no rate before a second unit (start-up time)
+    p.first = (p.first[0] - 2.0, p.first[1])  # the first unit finished 2 s ago
+    p(units[1], {"examples": 30, "seconds": 1.0})
+    assert re.fullmatch(r"\[eval\] 2/4 units, 60/120 examples \(\d+\.\d examples/s, ETA \d+:\d\d\)", p.status())
     err = io.StringIO()
     bar = EvalProgress("bar", stream=err, terminal=True)
     bar.start(3, 90)

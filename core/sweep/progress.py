@@ -30,6 +30,7 @@ class EvalProgress:
         self.units = self.examples = self.units_done = self.examples_done = 0
         self.start_time = self.last_log = 0.0
         self.bar = None
+        self.first: tuple[float, int] | None = None  # (time, examples done) at the first finished unit
 
     def start(self, units: int, examples: int) -> None:
         self.units, self.examples = units, examples
@@ -44,6 +45,8 @@ class EvalProgress:
     def __call__(self, unit: Any, info: dict[str, Any]) -> None:
         self.units_done += 1
         self.examples_done += int(info.get("examples", 0))
+        if self.first is None:
+            self.first = (time.monotonic(), self.examples_done)
         if self.mode == "verbose":
             eps = ",".join(f"{e:g}" for e in unit.eps)
             self._print(f"[eval] {unit.trial_id} {unit.attack.label} eps={eps} shard={unit.shard}: "
@@ -56,12 +59,12 @@ class EvalProgress:
             self._print(self.status())
 
     def status(self) -> str:
-        elapsed = time.monotonic() - self.start_time
-        rate = self.examples_done / elapsed if elapsed > 0 else 0.0
+        # The rate counts from the first finished unit: the time before it is mostly the workers starting up.
+        elapsed = time.monotonic() - self.first[0] if self.first else 0.0
+        rate = (self.examples_done - self.first[1]) / elapsed if self.first and elapsed > 0 else 0.0
         left = self.examples - self.examples_done
-        eta = f", ETA {_clock(left / rate)}" if rate > 0 and left > 0 else ""
-        return (f"[eval] {self.units_done}/{self.units} units, {self.examples_done}/{self.examples} examples "
-                f"({rate:.1f} examples/s{eta})")
+        speed = f" ({rate:.1f} examples/s, ETA {_clock(left / rate)})" if rate > 0 and left > 0 else ""
+        return f"[eval] {self.units_done}/{self.units} units, {self.examples_done}/{self.examples} examples{speed}"
 
     def close(self) -> None:
         if self.bar is not None:
