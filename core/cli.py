@@ -470,7 +470,7 @@ def best(
     checkpoint, and the runner-up."""
     import json
 
-    from advsweep.analysis.summary import best_lines, best_trial
+    from advsweep.analysis.best import best_lines, best_trial
 
     try:
         if fmt not in ("table", "json"):
