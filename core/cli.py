@@ -6,6 +6,7 @@ unexpected failures keep their traceback.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -14,13 +15,50 @@ import typer
 
 from advsweep.registry import SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Ray-distributed hyperparameter and adversarial-attack sweeps.")
 
 
 def _fail(exc: SpecError) -> None:
     typer.echo(f"advsweep: error: {exc}", err=True)
     raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from advsweep import __version__
+
+        typer.echo(f"advsweep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Ray-distributed hyperparameter and adversarial-attack sweeps."""
+
+
+# Options that `run`, `resume` and `eval` share, with one meaning each.
+ADDRESS_HELP = "existing Ray cluster, e.g. HOST:6379 (default: $RAY_ADDRESS, else a private local Ray)"
+_WORKERS = typer.Option(None, "--workers", min=1, help="evaluation actors (default: one per free worker slot)")
+_NO_PLOTS = typer.Option(False, "--no-plots", help="do not draw the frontier plots at the end")
+_QUIET = typer.Option(False, "--quiet", "-q", help="no progress output: only the final results table")
+_VERBOSE = typer.Option(False, "--verbose", "-v", help="one line per evaluation unit instead of a progress bar")
+
+
+def _output(quiet: bool, verbose: bool) -> str:
+    if quiet and verbose:
+        _fail(SpecError("--quiet", "--quiet and --verbose exclude each other"))
+    return "quiet" if quiet else "verbose" if verbose else "bar"
+
+
+def _print_results(res, title: str | None = None, fmt: str = "table", sort: str | None = None) -> None:
+    from advsweep.analysis.summary import render
+
+    text = render(res, fmt, sort, title=title)
+    if text is not None:
+        typer.echo(text)
 
 
 @app.command()
@@ -54,15 +92,21 @@ MLFLOW_FALLBACK_HELP = "if the tracking server does not answer: `local` logs to 
 def run(
     spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
     out: Optional[Path] = typer.Option(None, "--out", help="new, empty output directory (default runs/<name>-<time>)"),
-    address: Optional[str] = typer.Option(None, "--address", help="existing Ray cluster (default: a local one)"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", envvar="MLFLOW_TRACKING_URI",
                                              help="MLflow tracking server (default: sqlite store in the output dir)"),
     mlflow_fallback: Optional[str] = typer.Option(None, "--mlflow-fallback", help=MLFLOW_FALLBACK_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue the sweep already in --out where it stopped"),
+    workers: Optional[int] = _WORKERS,
+    no_plots: bool = _NO_PLOTS,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
 ) -> None:
-    """Run a sweep: train every trial on Ray Tune, attack it, write Parquet + MLflow, plot the frontiers."""
+    """Run a sweep: train every trial on Ray Tune, attack it, write Parquet + MLflow, plot the frontiers; print the
+    results table and where the files are."""
     from advsweep.spec import load_spec
 
+    output = _output(quiet, verbose)
     try:
         s = load_spec(spec)
         if resume and out is None:
@@ -70,45 +114,60 @@ def run(
         out_dir = (out or Path("runs") / f"{s.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}").resolve()
     except SpecError as exc:
         _fail(exc)
-    _run(s, out_dir, address, mlflow_uri, mlflow_fallback, resume, spec)
+    _run(s, out_dir, address, mlflow_uri, mlflow_fallback, resume, spec, output=output, workers=workers,
+         plots=not no_plots)
 
 
 @app.command()
 def resume(
     sweep_dir: Path = typer.Argument(..., help="a sweep's output directory (interrupted, killed or crashed)"),
-    address: Optional[str] = typer.Option(None, "--address", help="existing Ray cluster (default: a local one)"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="tracking server (default: the sweep's own)"),
     mlflow_fallback: Optional[str] = typer.Option(None, "--mlflow-fallback", help=MLFLOW_FALLBACK_HELP),
+    workers: Optional[int] = _WORKERS,
+    no_plots: bool = _NO_PLOTS,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
 ) -> None:
     """Continue a sweep where it stopped: finished trials and evaluation units are kept, the rest continues."""
     from advsweep.spec import load_spec
     from advsweep.storage.manifest import read_manifest
 
+    output = _output(quiet, verbose)
     try:
         read_manifest(sweep_dir)
         s = load_spec(sweep_dir / "spec.yaml")
     except SpecError as exc:
         _fail(exc)
-    _run(s, sweep_dir.resolve(), address, mlflow_uri, mlflow_fallback, True, sweep_dir / "spec.yaml")
+    _run(s, sweep_dir.resolve(), address, mlflow_uri, mlflow_fallback, True, sweep_dir / "spec.yaml", output=output,
+         workers=workers, plots=not no_plots)
 
 
-def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, spec_path) -> None:
+def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, spec_path, *, output: str = "bar",
+         workers: Optional[int] = None, plots: bool = True) -> None:
     from advsweep.sweep.driver import run_sweep
+    from advsweep.sweep.tune_output import plain_worker_logs
 
     if mlflow_fallback not in (None, "local"):
         _fail(SpecError("--mlflow-fallback", f"{mlflow_fallback!r}: the only fallback is 'local'"))
+    plain_worker_logs()
     try:
         result = run_sweep(s, out_dir, address=address, mlflow_uri=mlflow_uri, spec_path=spec_path, resume=resume,
-                           mlflow_fallback=mlflow_fallback)
+                           mlflow_fallback=mlflow_fallback, output=output, workers=workers, make_plots=plots)
     except SpecError as exc:
         _fail(exc)
     o = result.out_dir
     typer.echo("")
     states = ", ".join(f"{v} {k}" for k, v in result.by_status.items())
-    typer.echo(f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials completed ({states})")
     if result.status == "interrupted":
+        typer.echo(f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials completed ({states})")
         typer.echo(f"  interrupted: continue with  advsweep resume {o}")
         raise typer.Exit(130)
+    from advsweep.analysis.summary import load_results
+
+    _print_results(load_results(o), title=f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials "
+                                          f"completed ({states})")
+    typer.echo("")
     typer.echo(f"  Parquet   {o / 'trials'}  {o / 'examples'}  {o / 'robustness'}  {o / 'epochs'}")
     typer.echo(f"  MLflow    {result.mlflow_uri}  (experiment advsweep/{result.sweep_id})")
     if result.mlflow_uri.startswith("sqlite:"):
@@ -116,8 +175,10 @@ def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, s
     if result.mlflow_failures:
         typer.echo(f"            {result.mlflow_failures} tracking calls of the driver failed; complete the runs with"
                    f"  advsweep mlflow-sync {o} --mlflow-uri {result.mlflow_uri}")
-    typer.echo(f"  Frontiers {o / 'frontier'}")
+    if plots:
+        typer.echo(f"  Frontiers {o / 'frontier'}")
     typer.echo(f"  Query     duckdb -c \"SELECT * FROM read_parquet('{o}/robustness/*.parquet')\"")
+    typer.echo(f"  Results   advsweep show {o}   (--format csv|json; advsweep best {o} --attack A --eps E)")
     if result.n_completed < result.n_trials:
         raise typer.Exit(1)
 
@@ -171,16 +232,27 @@ def frontier(
 def eval_(
     sweep_dir: Path = typer.Argument(..., help="a finished sweep's output directory"),
     suite: Path = typer.Option(..., "--suite", help="attack suite (YAML: attacks, eval, resources)"),
-    address: Optional[str] = typer.Option(None, "--address", help="existing Ray cluster (default: a local one)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="actors (default: one per worker slot)"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri",
+                                             help="tracking server (default: the one the sweep logged to)"),
+    trials: Optional[str] = typer.Option(None, "--trials", help="only these trials: names, ids or indices, "
+                                                                "comma-separated (default: every completed trial)"),
+    workers: Optional[int] = _WORKERS,
+    no_plots: bool = _NO_PLOTS,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
 ) -> None:
-    """Add attacks to an existing sweep's trials without retraining (finished units are skipped)."""
+    """Add attacks to an existing sweep's trials without retraining (finished units are skipped); print the results
+    table of the attacks run."""
+    from advsweep.analysis.summary import load_results
     from advsweep.spec import load_suite
     from advsweep.storage.tracking import CLIENT_ENV
     from advsweep.sweep.cluster_checks import check_cluster_resources
     from advsweep.sweep.driver import init_ray
     from advsweep.sweep.evaluate import attack_configs, check_evaluation, load_sweep_data, run_evaluation_stage, trial_rows_from_table
+    from advsweep.sweep.tune_output import plain_worker_logs
 
+    output = _output(quiet, verbose)
     try:
         from advsweep.storage.manifest import require_results
         from advsweep.storage.tracking import runtime_uri
@@ -190,17 +262,61 @@ def eval_(
         require_results(sweep_dir)
         manifest, data = load_sweep_data(sweep_dir)
         rows = trial_rows_from_table(sweep_dir)
-        skip = check_evaluation(sweep_dir, rows, attack_configs(s.attacks))
+        attacks = attack_configs(s.attacks)
+        chosen = _chosen_trials(sweep_dir, trials)
+        if chosen is not None:  # every other trial keeps its rows; the attacks run on the chosen ones only
+            attacks = [replace(a, trials=tuple(t for t in chosen if a.trials is None or t in a.trials
+                                               or _index_of(rows, t) in a.trials)) for a in attacks]
+        skip = check_evaluation(sweep_dir, rows, attacks)
+        plain_worker_logs()
         init_ray(address, dict(CLIENT_ENV))
         check_cluster_resources(s.resources)
-        counts = run_evaluation_stage(sweep_dir, manifest["sweep_id"], rows, attack_configs(s.attacks), data,
-                                      s.eval.model_dump(), runtime_uri(manifest.get("mlflow_uri"), sweep_dir),
+        counts = run_evaluation_stage(sweep_dir, manifest["sweep_id"], rows, attacks, data,
+                                      s.eval.model_dump(), mlflow_uri or runtime_uri(manifest.get("mlflow_uri"),
+                                                                                     sweep_dir),
                                       s.resources.cpu,
-                                      s.resources.gpu, workers, skip=skip)
+                                      s.resources.gpu, workers, skip=skip, output=output)
+        files = []
+        if not no_plots and any(r["status"] == "completed" for r in rows):
+            from advsweep.analysis.frontier import write_frontiers
+
+            files = write_frontiers(sweep_dir)
+        res = load_results(sweep_dir, attacks=[a.label for a in attacks])
     except SpecError as exc:
         _fail(exc)
-    typer.echo(f"{counts['ran']} of {counts['units']} units run ({counts['resubmitted']} resubmitted); "
-               f"results in {sweep_dir / 'examples'} and {sweep_dir / 'robustness'}")
+    if chosen is not None:
+        res.trials = res.trials[res.trials["trial_id"].isin(chosen)]
+    typer.echo("")
+    _print_results(res, title=f"{counts['ran']} of {counts['units']} units run ({counts['resubmitted']} resubmitted)")
+    typer.echo("")
+    typer.echo(f"  Parquet   {sweep_dir / 'examples'}  {sweep_dir / 'robustness'}")
+    if files:
+        typer.echo(f"  Frontiers {sweep_dir / 'frontier'}")
+    typer.echo(f"  Results   advsweep show {sweep_dir}")
+
+
+def _index_of(rows: list[dict], trial_id: str):
+    return next((r.get("trial_index") for r in rows if r["trial_id"] == trial_id), None)
+
+
+def _chosen_trials(sweep_dir: Path, trials: Optional[str]) -> Optional[list[str]]:
+    """Trial ids named by `--trials` (names, ids or indices); None for every trial. Unknown names fail (exit 2)."""
+    if trials is None:
+        return None
+    from advsweep.analysis.summary import load_results
+
+    table = load_results(sweep_dir).trials
+    done = table[table["status"] == "completed"]
+    chosen = []
+    for ref in [t.strip() for t in trials.split(",") if t.strip()]:
+        hit = done[(done["name"] == ref) | (done["trial_id"] == ref) | (done["trial_index"].astype(str) == ref)]
+        if hit.empty:
+            have = ", ".join(f"{n} ({i})" for n, i in zip(done["name"], done["trial_id"]))
+            raise SpecError("--trials", f"no completed trial {ref!r} in {sweep_dir} (have: {have})")
+        chosen += [t for t in hit["trial_id"] if t not in chosen]
+    if not chosen:
+        raise SpecError("--trials", "names no trial")
+    return chosen
 
 
 @app.command()
@@ -301,6 +417,116 @@ def report(
     for v in result.audit.verdicts.itertuples():
         typer.echo(f"[{v.trial_index:03d}] {v.label}: {v.verdict}")
     typer.echo(f"wrote {result.path} ({result.timings['total']:.1f} s)")
+
+
+# ---- query commands: results from a sweep's Parquet tables ----
+_FORMAT = typer.Option("table", "--format", help="table (rich on a terminal, aligned text otherwise), csv or json")
+
+
+def _finished_results(sweep_dir: Path, attack: Optional[str], eps: Optional[str], ensemble: bool = False):
+    from advsweep.analysis.summary import load_results, parse_eps
+    from advsweep.storage.manifest import require_results
+
+    require_results(sweep_dir)
+    attacks = [a.strip() for a in attack.split(",") if a.strip()] if attack else None
+    return load_results(sweep_dir, attacks, parse_eps(eps) if eps is not None else None, ensemble)
+
+
+@app.command()
+def show(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    attack: Optional[str] = typer.Option(None, "--attack", help="only these attack labels (comma-separated; "
+                                                               "`ensemble`: the per-example worst case)"),
+    eps: Optional[str] = typer.Option(None, "--eps", help="only this ε (0.1 or 8/255)"),
+    sort: Optional[str] = typer.Option(None, "--sort", help="trial (default), name, status, natural, nfe, or a "
+                                                            "robust column such as pgd@0.1"),
+    fmt: str = _FORMAT,
+) -> None:
+    """The results table of a sweep: one row per trial with natural and robust accuracy (± 95 % interval) per
+    attack × ε, and NFE."""
+    from advsweep.analysis.summary import FORMATS, render
+
+    try:
+        if fmt not in FORMATS:
+            raise SpecError("--format", f"{fmt!r}: choose from {', '.join(FORMATS)}")
+        res = _finished_results(sweep_dir, attack, eps)
+        text = render(res, fmt, sort, title=f"sweep {res.sweep_id}")
+    except SpecError as exc:
+        _fail(exc)
+    if text is not None:
+        typer.echo(text)
+
+
+@app.command()
+def best(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    attack: str = typer.Option(..., "--attack", help="attack label, e.g. pgd"),
+    eps: str = typer.Option(..., "--eps", help="ε (0.1 or 8/255)"),
+    min_natural: Optional[float] = typer.Option(None, "--min-natural", min=0.0, max=1.0,
+                                                help="only trials with at least this natural accuracy"),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """The trial with the highest robust accuracy at one attack × ε: its interval, natural accuracy, name and
+    checkpoint, and the runner-up."""
+    import json
+
+    from advsweep.analysis.best import best_lines, best_trial
+
+    try:
+        if fmt not in ("table", "json"):
+            raise SpecError("--format", f"{fmt!r}: choose from table, json")
+        if "," in attack:
+            raise SpecError("--attack", "one attack label")
+        b = best_trial(_finished_results(sweep_dir, attack, eps), min_natural)
+    except SpecError as exc:
+        _fail(exc)
+    if fmt == "json":
+        typer.echo(json.dumps({"attack": b.cell.attack, "eps": b.cell.eps, "candidates": b.candidates,
+                               "best": {**b.row, "result": b.result}, "runner_up": b.runner_up}, indent=2))
+        return
+    for line in best_lines(b):
+        typer.echo(line)
+
+
+@app.command()
+def export(
+    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    robustbench: bool = typer.Option(False, "--robustbench", help="RobustBench model-info JSON per trial and "
+                                                                   "threat model"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/robustbench)"),
+    eps: Optional[str] = typer.Option(None, "--eps", help="the ε to report (default: AutoAttack's, else the "
+                                                          "largest evaluated)"),
+) -> None:
+    """Export a sweep's results in another tool's format (`--robustbench`)."""
+    from advsweep.analysis.robustbench import export_robustbench
+    from advsweep.analysis.summary import parse_eps
+    from advsweep.storage.manifest import require_results
+
+    try:
+        if not robustbench:
+            raise SpecError("export", "choose a format: --robustbench")
+        require_results(sweep_dir)
+        files = export_robustbench(sweep_dir, out, parse_eps(eps) if eps is not None else None)
+    except SpecError as exc:
+        _fail(exc)
+    for f in files:
+        typer.echo(f"wrote {f}")
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="models, attacks, recipes or penalties")) -> None:
+    """Registered models, attacks, recipes or penalties with their options (type = default), as a spec may set
+    them."""
+    from advsweep.registry_docs import KINDS, describe
+
+    try:
+        if what not in KINDS:
+            raise SpecError("list", f"{what!r}: choose from {', '.join(KINDS)}")
+        lines = describe(what)
+    except SpecError as exc:
+        _fail(exc)
+    for line in lines:
+        typer.echo(line)
 
 
 # ---- cluster: thin commands over advsweep.cluster (the only place the CLI imports it) ----

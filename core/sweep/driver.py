@@ -26,6 +26,7 @@ from advsweep.storage.tracking import (CLIENT_ENV, SweepTracker, embedded_uri, f
 from advsweep.sweep.cluster_checks import check_cluster_resources, check_reachable
 from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
 from advsweep.sweep.overlap import EvaluateOnComplete, OverlappedEvaluation
+from advsweep.sweep.tune_output import StatusReporter, parameter_columns, trimmed_tune_output, tune_verbosity
 from advsweep.versions import package_versions
 from advsweep.sweep.trainable import EXTRA_PREFIX, one_line, write_error_log
 
@@ -161,11 +162,13 @@ def _loopback_only():
 
 def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, mlflow_uri: str | None = None,
               spec_path: str | Path | None = None, make_plots: bool = True, resume: bool = False,
-              mlflow_fallback: str | None = None) -> SweepResult:
+              mlflow_fallback: str | None = None, output: str = "bar", workers: int | None = None) -> SweepResult:
     """Train, evaluate and record a sweep; with `resume`, continue the sweep in `out_dir` where it stopped (finished
     trials are not retrained, interrupted and crashed ones continue from their last checkpoint, finished evaluation
     units are skipped, MLflow runs are found again). Everything that can be checked is checked before anything is
-    written. Trial failures never abort the sweep; a Ctrl-C returns with status "interrupted"."""
+    written. Trial failures never abort the sweep; a Ctrl-C returns with status "interrupted". `output`: `bar`
+    (Tune's status table, an evaluation progress bar), `quiet` or `verbose` (a line per evaluation unit);
+    `workers`: evaluation actors (default: one per free worker slot)."""
     from ray import tune
 
     from advsweep.sweep.search import planned_trials, search_record
@@ -241,12 +244,12 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True,
                                    restart_errored=False)
     else:
-        tuner = _new_tuner(spec, trainable, sweep_id, out)
+        tuner = _new_tuner(spec, trainable, sweep_id, out, output)
     start = time.time()
     attacks = attack_configs(raw.attacks)
     overlap = (OverlappedEvaluation(out, sweep_id, attacks, data, raw.eval.model_dump(), raw.resources.cpu,
                                     raw.resources.gpu) if raw.eval.overlap and attacks else contextlib.nullcontext())
-    with overlap:
+    with overlap, trimmed_tune_output():
         results = tuner.fit()
     if isinstance(overlap, OverlappedEvaluation):
         print(f"evaluation overlapped with training: {overlap.units_run} units of {len(overlap.trials_done)} "
@@ -283,7 +286,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     try:
         run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
                              cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu, skip=skip,
-                             pool=warm)
+                             num_workers=workers, output=output, pool=warm)
     finally:
         if warm is not None:
             warm.close()
@@ -300,7 +303,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     return result("finished")
 
 
-def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path):
+def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path, output: str = "bar"):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -325,7 +328,8 @@ def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path):
             trial_dirname_creator=lambda t: f"{trial_name(t.config)}-{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=sweep_id, storage_path=str(out / "ray"), verbose=1,
+            name=sweep_id, storage_path=str(out / "ray"), verbose=tune_verbosity(output),
+            progress_reporter=StatusReporter(parameter_columns(spec)),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # A crashed worker (OOM kill, lost node) is retried once from its checkpoint; a trial whose own code
             # raises is recorded as failed by the trainable and never retried (the failure is deterministic).

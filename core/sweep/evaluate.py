@@ -10,13 +10,14 @@ import pyarrow as pa
 
 from advsweep.evaluation.aggregate import robustness_table
 from advsweep.evaluation.checkpoints import load_model
-from advsweep.evaluation.engine import TrialRef, evaluate
-from advsweep.evaluation.units import AttackConfig
+from advsweep.evaluation.engine import TrialRef, evaluate, pending_units
+from advsweep.evaluation.units import AttackConfig, shard_bounds
 from advsweep.registry import SpecError
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_examples, read_skipped, trials_table, write_atomic
 from advsweep.storage.parquet import trial_rows as read_trial_rows
 from advsweep.storage.tracking import log_run_metrics
+from advsweep.sweep.progress import EvalProgress
 
 
 def attack_configs(attacks: list[Any]) -> list[AttackConfig]:
@@ -92,31 +93,36 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
                          data: dict[str, np.ndarray], eval_cfg: dict[str, Any], mlflow_uri: str | None,
                          cpus_per_worker: float = 1, gpus_per_worker: float = 0,
                          num_workers: int | None = None,
-                         skip: dict[tuple[str, str], str] | None = None, pool=None) -> dict[str, int]:
+                         skip: dict[tuple[str, str], str] | None = None, output: str = "bar",
+                         pool=None) -> dict[str, int]:
     """Run the units of `attacks` on the completed trials, then rewrite the aggregate tables. Call
     `check_evaluation` first (before Ray starts) so that bad input fails with one line and nothing written; pass
-    the pairs it returned as `skip`. `pool`: a warm `engine.WorkerPool` to run on (the overlapped evaluation's)."""
+    the pairs it returned as `skip`. `output`: a progress bar, `quiet` or `verbose` (a line per unit). `pool`: a warm
+    `engine.WorkerPool` to run on (the overlapped evaluation's)."""
     done = [r for r in trial_rows if r["status"] == "completed"]
     by_label = {a.label: a for a in attacks}
     if skip is None:
         skip = check_evaluation(out_dir, trial_rows, attacks)
-    for (trial_id, label), reason in sorted(skip.items()):
-        print(f"[eval] {trial_id} {label}: not applicable ({reason}); skipped", flush=True)
-
-    def progress(unit, info):
-        eps = ",".join(f"{e:g}" for e in unit.eps)
-        print(f"[eval] {unit.trial_id} {unit.attack.label} eps={eps} shard={unit.shard}: "
-              f"{info['examples']} examples in {info['seconds']:.1f}s", flush=True)
+    if output != "quiet":
+        for (trial_id, label), reason in sorted(skip.items()):
+            print(f"[eval] {trial_id} {label}: not applicable ({reason}); skipped", flush=True)
 
     counts = {"units": 0, "ran": 0, "resubmitted": 0}
     if done and attacks:
-        counts = evaluate(out_dir, sweep_id, [TrialRef(r["trial_id"], r["checkpoint"], r.get("trial_index"))
-                                              for r in done], attacks,
-                          data["x_test"], data["y_test"], data["test_index"], shard_size=eval_cfg["shard_size"],
-                          batch_size=eval_cfg["batch_size"], base_seed=eval_cfg["seed"], num_workers=num_workers,
-                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                          source_checkpoints=source_checkpoints(trial_rows, attacks), progress=progress,
-                          skip=set(skip), pool=pool)
+        refs = [TrialRef(r["trial_id"], r["checkpoint"], r.get("trial_index")) for r in done]
+        progress = EvalProgress(output)
+        _, todo = pending_units(out_dir, refs, attacks, len(data["x_test"]), eval_cfg["shard_size"], set(skip))
+        sizes = [hi - lo for lo, hi in shard_bounds(len(data["x_test"]), eval_cfg["shard_size"])]
+        progress.start(len(todo), sum(sizes[u.shard] for u in todo))
+        try:
+            counts = evaluate(out_dir, sweep_id, refs, attacks,
+                              data["x_test"], data["y_test"], data["test_index"], shard_size=eval_cfg["shard_size"],
+                              batch_size=eval_cfg["batch_size"], base_seed=eval_cfg["seed"], num_workers=num_workers,
+                              cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                              source_checkpoints=source_checkpoints(trial_rows, attacks), progress=progress,
+                              skip=set(skip), pool=pool)
+        finally:
+            progress.close()
     _write_skipped(out_dir, sweep_id, attacks, skip)
     examples = read_examples(out_dir)
     robustness = robustness_table(examples, read_skipped(out_dir))

@@ -6,6 +6,7 @@ only `ray.tune.report/get_checkpoint/get_context` are used (the `ray.train` ones
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -43,6 +44,10 @@ BLOWUP_FACTOR = 100.0
 CHANCE_MARGIN = 0.05
 DIVERGENCE = (f"non-finite loss, loss > {BLOWUP_FACTOR:g} × ln(classes) or > {BLOWUP_FACTOR:g} × first-epoch loss, "
               f"or val accuracy ≤ chance + {CHANCE_MARGIN:g} with loss > 10 × its minimum")
+
+
+# Ray logs "Checkpoint successfully created at: …" for every epoch's checkpoint; the sweep records them itself.
+logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 
 class Diverged(Exception):
