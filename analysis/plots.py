@@ -21,8 +21,8 @@ def _save(fig, ax, path: Path) -> Path:
 
 
 def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
-    """All trials as points (colour = model family, label = trial index and recipe) with 95 % Wilson intervals on
-    both axes; the front as a step line."""
+    """All trials as points (colour = model family, label = trial name) with 95 % Wilson intervals on both axes;
+    the front as a step line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     colours = plt.get_cmap("tab10")
     for i, (family, fg) in enumerate(sorted(g.groupby("model_name"), key=lambda kv: kv[0])):
@@ -33,8 +33,8 @@ def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
             fmt="o", color=colours(i % 10), ecolor=colours(i % 10), elinewidth=0.8, capsize=2, alpha=0.85,
             label=f"{family} ({len(fg)})",
         )
-    for r in g.itertuples():  # "#index recipe" ties each point to front.csv and the trials table
-        ax.annotate(f"#{r.trial_index} {r.recipe or ''}".strip(), (r.natural_acc, r.robust_acc), fontsize=7,
+    for r in g.itertuples():  # the trial name ties each point to front.csv and the trials table
+        ax.annotate(r.trial_name or f"#{r.trial_index}", (r.natural_acc, r.robust_acc), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     front = g[g["on_front"]].sort_values("natural_acc")
     if len(front):
@@ -53,7 +53,7 @@ def plot_curves(g: pd.DataFrame, attack: str, measure: str, path: Path) -> Path:
     for i, ((index, trial_id), tg) in enumerate(g.groupby(["trial_index", "trial_id"], sort=True)):
         tg = tg.sort_values("eps")
         c = colours(i % 10)
-        ax.plot(tg["eps"], tg["robust_acc"], color=c, lw=1.5, label=f"#{index} {tg['model_name'].iloc[0]}")
+        ax.plot(tg["eps"], tg["robust_acc"], color=c, lw=1.5, label=str(tg["trial_name"].iloc[0]))
         ax.fill_between(tg["eps"], tg["ci_low"], tg["ci_high"], color=c, alpha=0.15, lw=0)
     ax.set_xlabel(f"perturbation budget ε ({measure})")
     ax.set_ylabel("robust accuracy")
