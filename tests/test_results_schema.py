@@ -216,3 +216,13 @@ def test_attacks_are_not_added_to_a_version_2_sweep(v2):
 
     with pytest.raises(SpecError, match="schema version 2"):
         check_evaluation(v2, trial_rows(v2), [AttackConfig("pgd2", "pgd", (0.1,))])
+
+
+def test_a_version_2_sweep_is_not_resumed(v2):
+    from advsweep.spec import load_spec
+    from advsweep.sweep.driver import run_sweep
+
+    before = sorted(p.stat().st_mtime_ns for p in v2.rglob("*"))
+    with pytest.raises(SpecError, match="not resumed by schema version 3"):
+        run_sweep(load_spec(v2 / "spec.yaml"), v2, resume=True)
+    assert sorted(p.stat().st_mtime_ns for p in v2.rglob("*")) == before

@@ -177,6 +177,9 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     if manifest is not None and manifest.get("spec_digest") != spec.digest:
         raise SpecError(str(spec_path or "SPEC"), f"differs from the spec {out} was started with; "
                                                   f"resume it with `advsweep resume {out}`")
+    if manifest is not None and str(manifest.get("schema_version", SCHEMA_VERSION)) != SCHEMA_VERSION:
+        raise SpecError(str(out), f"written by advsweep schema version {manifest['schema_version']}; it can be "
+                                  f"analysed but not resumed by schema version {SCHEMA_VERSION}")
     data = prepare_data(spec)  # validates the data section before anything is written
     if manifest is not None:
         saved = np.load(out / "subsets.npz")
