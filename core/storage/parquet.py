@@ -144,7 +144,7 @@ def _upgrade_trials_v2(table: pa.Table) -> pa.Table:
     rows = table.to_pylist()
     flats = [{S.config_key(f): r[f.name] for f in table.schema if S.config_key(f) is not None
               and r[f.name] is not None} for r in rows]
-    trial, config = trial_names(flats, [r["seed"] for r in rows],
+    trial, config = trial_names(flats, [r.get("seed") for r in rows],
                                 [r.get("config_id") or r["trial_id"] for r in rows])
     at = table.schema.get_field_index("trial_index") + 1
     table = table.add_column(at, pa.field("config_name", pa.string()), pa.array(config, pa.string()))
