@@ -14,7 +14,9 @@ from typing import Annotated, Any, Callable, Iterable
 
 import pydantic
 
-EPS_PARAMS = ("eps",)  # options that are an ε: a number or a fraction such as 8/255 (RobustBench's convention)
+# Options in pixel units (ε, and the ℓ∞ step sizes `step` of the adversarial recipes and `alpha` of PGD-like attacks):
+# a number or a fraction such as 8/255 (RobustBench's convention).
+FRACTION_PARAMS = ("eps", "step", "alpha")
 
 
 def fraction_float(value: Any) -> Any:
@@ -88,7 +90,7 @@ class Registry:
             fields: dict[str, Any] = {}
             for p in self.signature_params(name).values():
                 ann = Any if p.annotation is inspect.Parameter.empty else p.annotation
-                if p.name in EPS_PARAMS:
+                if p.name in FRACTION_PARAMS:
                     ann = Annotated[ann, pydantic.BeforeValidator(fraction_float)]
                 default = ... if p.default is inspect.Parameter.empty else p.default
                 fields[p.name] = (ann, default)

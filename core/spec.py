@@ -28,7 +28,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, confloat
 
-from advsweep.registry import SpecError, fraction_float, pydantic_message
+from advsweep.registry import FRACTION_PARAMS, SpecError, fraction_float, pydantic_message
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 RANDOM_KINDS = ("choice", "uniform", "loguniform", "randint")
@@ -460,7 +460,10 @@ def _validate_attacks(attacks: list[AttackSpec]) -> None:
 
     labels = set()
     for i, atk in enumerate(attacks):
-        ATTACKS.validate(atk.name, atk.options, f"attacks[{i}]")
+        checked = ATTACKS.validate(atk.name, atk.options, f"attacks[{i}]")
+        for k, v in atk.options.items():  # a fraction (alpha: 2/255) is kept as the float it stands for
+            if k in FRACTION_PARAMS and isinstance(v, str):
+                atk.__pydantic_extra__[k] = checked[k]
         if ATTACKS.get(atk.name).norm == "linf":
             for j, e in enumerate(atk.eps):
                 if e > 1:

@@ -127,9 +127,9 @@ trials:
   - model: {name: mlp}
     training: {recipe: {name: trades, eps: {grid: [8/255, "4/255"]}}, epochs: 1}
   - model: {name: mlp}
-    training: {recipe: {name: pgd_at, eps: 2/255}, epochs: 1}
+    training: {recipe: {name: pgd_at, eps: 2/255, step: 1/255}, epochs: 1}
 attacks:
-  - {name: pgd, eps: [8/255, 0.1, 0], steps: 3}
+  - {name: pgd, eps: [8/255, 0.1, 0], steps: 3, alpha: 2/255}
 monitor: {eps: 8/255}
 """
 
@@ -141,6 +141,8 @@ def test_eps_may_be_a_fraction_and_is_stored_as_the_float():
     assert spec.raw.attacks[0].eps == [8 / 255, 0.1, 0.0]
     assert spec.raw.monitor.eps == 8 / 255
     assert [t.training.recipe["eps"] for t in spec.trials] == [8 / 255, 4 / 255, 2 / 255]
+    assert spec.trials[2].training.recipe["step"] == 1 / 255  # an ℓ∞ step size too
+    assert spec.raw.attacks[0].options["alpha"] == 2 / 255  # what the engine will build the attack with
     assert json.loads(json.dumps(spec.trials[0].training.recipe))["eps"] == 8 / 255  # a float, not the text
 
 
@@ -149,7 +151,8 @@ def test_eps_may_be_a_fraction_and_is_stored_as_the_float():
     ("eps: [8/255, 0.1, 0]", "eps: [0.1, eight]", "attacks[0].eps[1]"),
     ("monitor: {eps: 8/255}", "monitor: {eps: 8//255}", "monitor.eps"),
     ("monitor: {eps: 8/255}", "monitor: {eps: 300/255}", "monitor.eps"),
-    ("eps: 2/255}", "eps: 2/255/3}", "trials[1].training.recipe.eps"),
+    ("eps: 2/255,", "eps: 2/255/3,", "trials[1].training.recipe.eps"),
+    ("alpha: 2/255", "alpha: 2/x", "attacks[0].alpha"),
 ])
 def test_a_bad_fraction_is_one_line_naming_the_field(old, new, field):
     from advsweep.spec import parse_spec
