@@ -29,7 +29,7 @@ def minimal_examples(sweep_dir: str | Path) -> pd.DataFrame:
         return df
     for col in ("trial_id", "attack"):
         df[col] = df[col].astype(str)
-    trials = read_trials(sweep_dir).to_pandas()[["trial_id", "model_name", "trial_index"]]
+    trials = read_trials(sweep_dir).to_pandas()[["trial_id", "trial_name", "model_name", "trial_index"]]
     df = df.merge(trials, on="trial_id", how="left")
     clean_ok = df["clean_pred"] == df["label"]
     found = clean_ok & (df["adv_pred"] != df["label"])
@@ -47,7 +47,8 @@ def accuracy_curves(df: pd.DataFrame, grid_points: int = 40) -> pd.DataFrame:
             for eps in np.linspace(0.0, top * 1.05 if top > 0 else 1.0, grid_points):
                 k = int((g[f"min_{m}"] > eps).sum())
                 lo, hi = wilson_interval(k, len(g))
-                rows.append({"trial_id": trial_id, "model_name": g["model_name"].iloc[0],
+                rows.append({"trial_id": trial_id, "trial_name": g["trial_name"].iloc[0],
+                             "model_name": g["model_name"].iloc[0],
                              "trial_index": int(g["trial_index"].iloc[0]), "attack": attack, "measure": m,
                              "eps": float(eps), "n": len(g), "robust_acc": k / len(g), "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
@@ -60,7 +61,8 @@ def distortion_summary(df: pd.DataFrame) -> pd.DataFrame:
     for (trial_id, attack), g in df.groupby(["trial_id", "attack"], sort=True):
         ok = g[g["clean_pred"] == g["label"]]
         found = ok[np.isfinite(ok["min_l2"])]
-        row = {"trial_id": trial_id, "model_name": g["model_name"].iloc[0], "attack": attack, "n": len(g),
+        row = {"trial_id": trial_id, "trial_name": g["trial_name"].iloc[0], "model_name": g["model_name"].iloc[0],
+               "attack": attack, "n": len(g),
                "n_correct": len(ok), "found_rate": len(found) / len(ok) if len(ok) else float("nan")}
         for m in MEASURES:
             row[f"median_{m}"] = float(found[f"min_{m}"].median()) if len(found) else float("nan")

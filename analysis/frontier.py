@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow as pa
 
 from advsweep.registry import SpecError
-from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_robustness, read_trials, write_atomic
 
-FRONT_COLUMNS = ["attack", "eps", "trial_id", "trial_index", "model_name", "recipe", "natural_acc", "natural_ci_low", "natural_ci_high",
-                 "robust_acc", "ci_low", "ci_high", "on_front", "hypervolume"]
+POINT_COLUMNS = ["attack", "eps", "trial_id", "trial_index", "trial_name", "config_name", "model_name", "recipe",
+                 "natural_acc", "natural_ci_low", "natural_ci_high", "robust_acc", "ci_low", "ci_high"]
+FRONT_COLUMNS = [*POINT_COLUMNS, "on_front", "hypervolume"]
 
 
 def pareto_mask(natural: np.ndarray, robust: np.ndarray) -> np.ndarray:
@@ -62,14 +62,10 @@ def load_points(sweep_dir: str | Path) -> pd.DataFrame:
     if not (sweep_dir / "trials").exists():
         raise SpecError(str(sweep_dir), "not a sweep directory (no trials/ table); run `advsweep run` first")
     trials = read_trials(sweep_dir).to_pandas()
-    rob = read_robustness(sweep_dir).to_pandas()
-    recipe_col = S.CONFIG_PREFIX + "training.recipe.name"
-    trials["recipe"] = trials[recipe_col] if recipe_col in trials else None
-    done = trials[trials["status"] == "completed"][
-        ["trial_id", "trial_index", "model_name", "recipe", "natural_acc", "natural_ci_low", "natural_ci_high"]]
-    pts = rob[rob["eps"] > 0].merge(done, on="trial_id", how="inner")
-    return pts[["attack", "eps", "trial_id", "trial_index", "model_name", "recipe", "natural_acc", "natural_ci_low",
-                "natural_ci_high", "robust_acc", "ci_low", "ci_high"]]
+    rob = read_robustness(sweep_dir).to_pandas()  # carries each trial's name, model, recipe, natural accuracy
+    done = trials.loc[trials["status"] == "completed", ["trial_id", "trial_index"]]
+    pts = rob[(rob["eps"] > 0) & (rob["status"].fillna("ok") == "ok")].merge(done, on="trial_id", how="inner")
+    return pts[POINT_COLUMNS].reset_index(drop=True)
 
 
 def compute_fronts(points: pd.DataFrame) -> pd.DataFrame:

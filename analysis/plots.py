@@ -20,29 +20,45 @@ def _save(fig, ax, path: Path) -> Path:
     return path
 
 
-def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
-    """All trials as points (colour = model family, label = trial index and recipe) with 95 % Wilson intervals on
-    both axes; the front as a step line."""
+def eps_text(eps: float) -> str:
+    """ε as short as it reads back: `0.1`, or `8/255` when it is exactly k/255 and no short decimal is."""
+    short = f"{eps:g}"
+    if float(short) == eps:
+        return short
+    k = round(eps * 255)
+    return f"{k}/255" if k / 255 == eps else repr(eps)
+
+
+def plot_front(g: pd.DataFrame, attack: str, eps: float, path: Path, max_legend: int = 10) -> Path:
+    """All trials as points with 95 % Wilson intervals on both axes; the front as a step line. Up to `max_legend`
+    trials each get a colour and a legend entry (their trial name); more are coloured by model family and named
+    beside their point."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     colours = plt.get_cmap("tab10")
-    for i, (family, fg) in enumerate(sorted(g.groupby("model_name"), key=lambda kv: kv[0])):
+    names = g["trial_name"].fillna("#" + g["trial_index"].astype(str)) if "trial_name" in g else \
+        "#" + g["trial_index"].astype(str)
+    g = g.assign(_name=names)
+    per_trial = g["_name"].nunique() <= max_legend
+    groups = g.groupby("_name" if per_trial else "model_name", sort=False)
+    for i, (key, fg) in enumerate(sorted(groups, key=lambda kv: (kv[1]["trial_index"].min(), kv[0]))):
         ax.errorbar(
             fg["natural_acc"], fg["robust_acc"],
             xerr=[fg["natural_acc"] - fg["natural_ci_low"], fg["natural_ci_high"] - fg["natural_acc"]],
             yerr=[fg["robust_acc"] - fg["ci_low"], fg["ci_high"] - fg["robust_acc"]],
             fmt="o", color=colours(i % 10), ecolor=colours(i % 10), elinewidth=0.8, capsize=2, alpha=0.85,
-            label=f"{family} ({len(fg)})",
+            label=key if per_trial else f"{key} ({len(fg)})",
         )
-    for r in g.itertuples():  # "#index recipe" ties each point to front.csv and the trials table
-        ax.annotate(f"#{r.trial_index} {r.recipe or ''}".strip(), (r.natural_acc, r.robust_acc), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    if not per_trial:
+        for r in g.itertuples():  # the trial name ties each point to front.csv and the trials table
+            ax.annotate(r._name, (r.natural_acc, r.robust_acc), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
     front = g[g["on_front"]].sort_values("natural_acc")
     if len(front):
         ax.step(front["natural_acc"], front["robust_acc"], where="post", color="black", lw=1.2, label="Pareto front")
         ax.plot(front["natural_acc"], front["robust_acc"], "k*", ms=9)
     ax.set_xlabel("natural accuracy")
-    ax.set_ylabel(f"robust accuracy ({attack}, ε = {eps:g})")
-    ax.set_title(f"Trade-off frontier: {attack} at ε = {eps:g}  (95 % Wilson CIs)")
+    ax.set_ylabel(f"robust accuracy ({attack}, ε = {eps_text(eps)})")
+    ax.set_title(f"Trade-off frontier: {attack} at ε = {eps_text(eps)}  (95 % Wilson CIs)")
     return _save(fig, ax, path)
 
 
@@ -53,7 +69,7 @@ def plot_curves(g: pd.DataFrame, attack: str, measure: str, path: Path) -> Path:
     for i, ((index, trial_id), tg) in enumerate(g.groupby(["trial_index", "trial_id"], sort=True)):
         tg = tg.sort_values("eps")
         c = colours(i % 10)
-        ax.plot(tg["eps"], tg["robust_acc"], color=c, lw=1.5, label=f"#{index} {tg['model_name'].iloc[0]}")
+        ax.plot(tg["eps"], tg["robust_acc"], color=c, lw=1.5, label=str(tg["trial_name"].iloc[0]))
         ax.fill_between(tg["eps"], tg["ci_low"], tg["ci_high"], color=c, alpha=0.15, lw=0)
     ax.set_xlabel(f"perturbation budget ε ({measure})")
     ax.set_ylabel("robust accuracy")
@@ -82,7 +98,7 @@ def save_both(fig, stem: Path) -> list[Path]:
 
 
 def _title(cell_attack: str, eps: float, norm: str) -> str:
-    return f"{cell_attack}, {norm} ε = {eps:g}"
+    return f"{cell_attack}, {norm} ε = {eps_text(eps)}"
 
 
 def _draw_front(ax, pts: pd.DataFrame, curve: pd.DataFrame, hv: pd.Series | None, names: bool = True,
@@ -213,7 +229,7 @@ def plot_accuracy_vs_eps(sweep, stem: Path, max_trials: int = 12) -> list[Path] 
                     last = cs[-1]
                     rate = last.success_rate()[t]
                     if last.eps >= UNBOUNDED_EPS.get(norm, np.inf) and rate < MIN_SUCCESS:
-                        warn.append(f"{trial['label']} · {attack}: at ε={last.eps:g} (any image reachable) an "
+                        warn.append(f"{trial['label']} · {attack}: at ε={eps_text(last.eps)} (any image reachable) an "
                                     f"adversarial was found for only {rate:.0%} of correct examples")
                         ax.annotate(f"attack failed on {1 - rate:.0%}", (last.eps, acc[-1]), fontsize=6, color=col,
                                     ha="right", va="bottom")
@@ -250,7 +266,7 @@ def plot_budget(sweep, stem: Path, max_trials: int = 12) -> list[Path] | None:
             if len(pts) > 1:
                 x, y = zip(*pts)
                 ax.plot(x, y, marker="o", color=colours(t % 10), ls=["-", "--", ":"][g % 3],
-                        label=f"{trial['label']} · {name} {norm} ε={eps:g}")
+                        label=f"{trial['label']} · {name} {norm} ε={eps_text(eps)}")
     ax.set_xscale("log")
     ax.set_xlabel("attack budget (steps × restarts, or queries)")
     ax.set_ylabel("robust accuracy")

@@ -29,16 +29,18 @@ ZERO_GRAD = 1e-12  # ℓ1 input-gradient norms at or below this are "no gradient
 
 
 def trial_label(trials: pd.DataFrame) -> pd.Series:
-    """A short readable name per trial: the `trial_name` column when the sweep has one, else the values of the
-    config keys that vary across the sweep's trials (seeds excluded, so replicates share a label; names first),
-    e.g. `odenet·dopri5·width=16`. Falls back to the model name; labels that would collide get their trial index."""
-    if "trial_name" in trials and trials["trial_name"].notna().all():
-        return trials["trial_name"].astype(str)
+    """A short readable name per trial: the `config_name` column (replicates share it), else `trial_name`, else
+    (tables written by hand) the values of the config keys that vary across the sweep's trials (seeds excluded,
+    names first), e.g. `odenet·dopri5·width=16`. Falls back to the model name; labels that would collide get their
+    trial index."""
+    for col in ("config_name", "trial_name"):
+        if col in trials and len(trials) and trials[col].notna().all():
+            return trials[col].astype(str)
     # Varying = ≥ 2 distinct values where set (a field only some models have is not a difference by itself);
     # names (model.name, recipe.name) first.
-    cols = [c for c in trials.columns if c.startswith(S.CONFIG_PREFIX) and not c.endswith(SEED_KEYS)
+    cols = [c for c in trials.columns if S.is_config_column(c) and not c.endswith(SEED_KEYS)
             and trials[c].dropna().astype(str).nunique() > 1]
-    cols.sort(key=lambda c: not c.endswith(".name"))
+    cols.sort(key=lambda c: not c.endswith(("_name", ".name")))
 
     def one(row) -> str:
         parts = []
@@ -46,7 +48,8 @@ def trial_label(trials: pd.DataFrame) -> pd.Series:
             v = row[c]
             if v is None or (isinstance(v, float) and np.isnan(v)):
                 continue
-            key = c[len(S.CONFIG_PREFIX):].rsplit(".", 1)[-1]
+            key = c[len(S.CONFIG_PREFIX_V2):].rsplit(".", 1)[-1] if c.startswith(S.CONFIG_PREFIX_V2) \
+                else c[len(S.CONFIG_PREFIX):].rsplit("_", 1)[-1]
             parts.append(str(v) if isinstance(v, str) else f"{key}={v:g}" if isinstance(v, float) else f"{key}={v}")
         return "·".join(parts) or str(row["model_name"])
 
@@ -122,8 +125,8 @@ class Sweep:
     def trial_position(self, ref: str) -> int:
         """A trial by id, index or label."""
         t = self.trials.reset_index(drop=True)
-        for col in ("trial_id", "trial_index", "label"):
-            hit = t.index[t[col].astype(str) == str(ref)]
+        for col in ("trial_id", "trial_index", "trial_name", "label"):
+            hit = t.index[t[col].astype(str) == str(ref)] if col in t else []
             if len(hit) == 1:
                 return int(hit[0])
         raise SpecError(str(ref), f"no completed trial with that id, index or name in {self.dir} "
@@ -171,7 +174,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     if dataset is None or not dataset.files:
         raise SpecError(str(sweep_dir / "examples"), "no attack results; run `advsweep run` or `advsweep eval`")
     rob = read_robustness(sweep_dir).to_pandas()
-    attacks = sorted({Path(f).parent.name.split("=", 1)[1] for f in dataset.files})
+    attacks = sorted({p.split("=", 1)[1] for f in dataset.files for p in Path(f).parts if p.startswith("attack=")})
     position = {t: i for i, t in enumerate(done["trial_id"].astype(str))}
     cells: dict[tuple[str, float], Cell] = {}
     for attack in attacks:  # one attack partition at a time: its rows become matrices before the next is read

@@ -221,7 +221,7 @@ def frontier(
         _fail(exc)
     front = table[table["on_front"]]
     for (attack, eps), g in front.groupby(["attack", "eps"], sort=True):
-        members = ", ".join(f"{r.trial_id}({r.model_name}: {r.natural_acc:.3f}/{r.robust_acc:.3f})"
+        members = ", ".join(f"{r.trial_name} ({r.natural_acc:.3f}/{r.robust_acc:.3f})"
                             for r in g.sort_values("natural_acc").itertuples())
         typer.echo(f"{attack} eps={eps:g}: {members}")
     for f in files:

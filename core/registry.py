@@ -9,9 +9,30 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from typing import Any, Callable, Iterable
+from fractions import Fraction
+from typing import Annotated, Any, Callable, Iterable
 
 import pydantic
+
+# Options in pixel units (ε, and the ℓ∞ step sizes `step` of the adversarial recipes and `alpha` of PGD-like attacks):
+# a number or a fraction such as 8/255 (RobustBench's convention).
+FRACTION_PARAMS = ("eps", "step", "alpha")
+
+
+def fraction_float(value: Any) -> Any:
+    """A number written as a fraction (`8/255`) or a decimal string → float; other values pass through to the
+    field's own validation. A pydantic before-validator for every ε."""
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{value!r} is not a number or a fraction such as 8/255") from None
+    return value
+
+
+def pydantic_message(err: dict) -> str:
+    """pydantic's message for one error, without the "Value error, " it puts before a validator's own message."""
+    return err["msg"].removeprefix("Value error, ")
 
 
 class SpecError(ValueError):
@@ -69,6 +90,8 @@ class Registry:
             fields: dict[str, Any] = {}
             for p in self.signature_params(name).values():
                 ann = Any if p.annotation is inspect.Parameter.empty else p.annotation
+                if p.name in FRACTION_PARAMS:
+                    ann = Annotated[ann, pydantic.BeforeValidator(fraction_float)]
                 default = ... if p.default is inspect.Parameter.empty else p.default
                 fields[p.name] = (ann, default)
             self._validators[name] = pydantic.create_model(  # type: ignore[call-overload]
@@ -86,7 +109,7 @@ class Registry:
         except pydantic.ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"])
-            raise SpecError(f"{field}.{loc}" if loc else field, err["msg"]) from None
+            raise SpecError(f"{field}.{loc}" if loc else field, pydantic_message(err)) from None
         return model.model_dump()
 
     def build(self, name: str, *args: Any, **params: Any) -> Any:

@@ -21,22 +21,24 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, confloat
 
-from advsweep.registry import SpecError
+from advsweep.registry import FRACTION_PARAMS, SpecError, fraction_float, pydantic_message
 
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 RANDOM_KINDS = ("choice", "uniform", "loguniform", "randint")
 ALGORITHMS = ("grid", "random", "tpe", "nsga2")
 OPTUNA_ALGORITHMS = ("tpe", "nsga2")  # sampled by Optuna while the sweep runs; grid/random expand up front
 OBJECTIVES = ("val_acc", "val_robust_acc")  # what every trial reports each epoch (val_robust_acc needs `monitor`)
-Eps = confloat(ge=0.0, le=1.0)
+# ε may be written as a fraction (`8/255`); stored as the float.
+Eps = Annotated[confloat(ge=0.0, le=1.0), pydantic.BeforeValidator(fraction_float)]
 NonNegative = confloat(ge=0.0)
+NonNegativeEps = Annotated[NonNegative, pydantic.BeforeValidator(fraction_float)]
 
 
 class _Strict(BaseModel):
@@ -66,7 +68,7 @@ class AttackSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    eps: list[NonNegative] = Field(default_factory=lambda: [0.0])  # ℓ∞ ε ≤ 1 is checked against the attack's norm
+    eps: list[NonNegativeEps] = Field(default_factory=lambda: [0.0])  # ℓ∞ ε ≤ 1 is checked against the attack's norm
     # Transfer attacks: the trial (id, or index in the spec's trial list) whose model crafts the examples.
     source_trial: str | int | None = None
     # Run only on these trials (ids, or indices in the spec's trial list); default: every completed trial.
@@ -458,7 +460,10 @@ def _validate_attacks(attacks: list[AttackSpec]) -> None:
 
     labels = set()
     for i, atk in enumerate(attacks):
-        ATTACKS.validate(atk.name, atk.options, f"attacks[{i}]")
+        checked = ATTACKS.validate(atk.name, atk.options, f"attacks[{i}]")
+        for k, v in atk.options.items():  # a fraction (alpha: 2/255) is kept as the float it stands for
+            if k in FRACTION_PARAMS and isinstance(v, str):
+                atk.__pydantic_extra__[k] = checked[k]
         if ATTACKS.get(atk.name).norm == "linf":
             for j, e in enumerate(atk.eps):
                 if e > 1:
@@ -476,7 +481,7 @@ def _validate_attacks(attacks: list[AttackSpec]) -> None:
 def _pydantic_error(exc: pydantic.ValidationError, prefix: str) -> SpecError:
     err = exc.errors()[0]
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-    return SpecError(f"{prefix}{loc}".lstrip("."), err["msg"])
+    return SpecError(f"{prefix}{loc}".lstrip("."), pydantic_message(err))
 
 
 def parse_spec(text: str, source: str = "<spec>") -> Spec:

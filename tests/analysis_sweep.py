@@ -26,7 +26,7 @@ from advsweep.evaluation.aggregate import robustness_table
 from advsweep.evaluation.shard import predict_logits, run_unit
 from advsweep.evaluation.stats import wilson_interval
 from advsweep.evaluation.units import AttackConfig, make_units
-from advsweep.storage.parquet import example_file, read_examples, trials_table, write_atomic
+from advsweep.storage.parquet import example_file, read_examples, trial_rows, trials_table, write_atomic
 
 SWEEP_ID = "analysis-test"
 ATTACKS = [
@@ -125,7 +125,8 @@ def _build(out, data_dir, n_train, n_test, mlflow_uri, attacks) -> Path:
                      "natural_ci_high": hi, "nfe_forward": 0.0, "mlflow_run_id": run_ids.get(name),
                      "config": {"model.name": "mlp", "training.recipe.name": name}})
     write_atomic(trials_table(rows), out / "trials" / "part-0.parquet", SWEEP_ID)
-    write_atomic(robustness_table(read_examples(out)), out / "robustness" / "part-0.parquet", SWEEP_ID)
+    write_atomic(robustness_table(read_examples(out), None, trial_rows(out)), out / "robustness" / "part-0.parquet",
+                 SWEEP_ID)
     (out / "sweep.json").write_text(json.dumps({"sweep_id": SWEEP_ID, "name": "analysis-test", "mlflow_uri": mlflow_uri,
                                                 "data": {"dataset": "fashion-mnist", "n_test": n_test}}))
     (out / "spec.yaml").write_text("name: analysis-test\n")

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from advsweep.evaluation.aggregate import robustness_table
-from advsweep.storage.parquet import example_file, examples_table, read_examples, trials_table, write_atomic
+from advsweep.storage.parquet import (example_file, examples_table, read_examples, trial_rows, trials_table,
+                                      write_atomic)
 
 SWEEP = "synth"
 
@@ -45,7 +46,8 @@ def write_cell(out: Path, trial_id: str, attack: str, eps: float, label, clean_p
 
 
 def finish(out: Path) -> Path:
-    write_atomic(robustness_table(read_examples(out)), out / "robustness" / "part-0.parquet", SWEEP)
+    write_atomic(robustness_table(read_examples(out), None, trial_rows(out)), out / "robustness" / "part-0.parquet",
+                 SWEEP)
     return out
 
 

@@ -50,8 +50,8 @@ def test_audit_verdicts_have_known_answers(real_sweep):
 def test_audit_without_black_box_or_large_eps_is_insufficient(tmp_path, real_sweep):
     src = real_sweep[0]
     shutil.copytree(src, tmp_path / "s", ignore=shutil.ignore_patterns("attack=square", "attack=deepfool", "audit"))
-    for f in (tmp_path / "s" / "examples").rglob("eps-0.5-*"):
-        f.unlink()
+    for d in (tmp_path / "s" / "examples").rglob("eps=0.5"):
+        shutil.rmtree(d)
     audit = run_audit(load_sweep(tmp_path / "s"))
     v = audit.verdicts.set_index("label")
     assert v.loc["natural", "verdict"] == "insufficient evidence"

@@ -28,14 +28,14 @@ def test_asha_stops_bad_trials_and_they_stay_off_the_front(tmp_path, ray_local, 
 
     result = run_sweep(parse_spec(ASHA_SPEC), tmp_path / "asha")
     trials = read_trials(result.out_dir).to_pandas()
-    by_lr = trials.set_index("config.training.lr")
+    by_lr = trials.set_index("config_training_lr")
     # One at a time, the lr=0.01 trial runs first and sets the bar; the near-zero-lr trials fall below it at the
     # first rung (epoch 1) and are stopped there.
     assert by_lr.loc[0.01, "status"] == "completed"
     stopped = trials[trials["status"] == "early_stopped"]
     assert len(stopped) >= 1
     assert (stopped["epochs_completed"] < stopped["epochs_planned"]).all()
-    assert stopped["natural_acc"].isna().all() and stopped["robust"].map(len).eq(0).all()
+    assert stopped["natural_acc"].isna().all() and stopped["robust_summary"].map(len).eq(0).all()
     examples = read_examples(result.out_dir).to_pandas()
     assert set(examples["trial_id"].astype(str)) == set(trials.loc[trials["status"] == "completed", "trial_id"])
     assert set(load_points(result.out_dir)["trial_id"]).isdisjoint(set(stopped["trial_id"]))

@@ -186,7 +186,7 @@ def test_losing_the_worker_node_mid_evaluation_loses_nothing(cluster, mlflow_url
     killed_after = None
     deadline = time.time() + 900
     while killed_after is None and time.time() < deadline:
-        files = list((out / "examples").rglob("eps-*.parquet")) if (out / "examples").exists() else []  # not .tmp-*
+        files = list((out / "examples").rglob("shard-*.parquet")) if (out / "examples").exists() else []  # not .tmp-*
         on_worker = [f for f in files if pq.read_table(f, columns=["node_id"]).column(0)[0].as_py() == worker]
         if on_worker:
             cluster.kill_node("worker_node")

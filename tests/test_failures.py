@@ -160,7 +160,7 @@ def test_mlflow_down_from_the_start(tmp_path, fashion_available):
     suite.write_text("attacks: [{name: pgd, label: pgd2, eps: [0.1], steps: 2}]\neval: {batch_size: 16, shard_size: 16}\n")
     r = run("eval", str(copy), "--suite", str(suite))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert list((copy / "examples").glob("trial_id=*/attack=pgd2/*.parquet"))
+    assert list((copy / "examples").glob("trial_id=*/attack=pgd2/eps=*/*.parquet"))
     assert run("frontier", str(copy)).returncode == 0
 
 

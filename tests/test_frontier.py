@@ -48,7 +48,7 @@ def test_trials_table_types_config_columns(tmp_path):
     from advsweep.storage.parquet import read_trials
 
     t = read_trials(tmp_path)
-    assert t.schema.field("config.model.width").type == pa.int64()
+    assert t.schema.field("config_model_width").type == pa.int64()
     assert t.schema.field("natural_acc").type == pa.float64()
 
 

@@ -41,7 +41,7 @@ def _checkpoints(out: Path) -> list[Path]:
 
 
 def _examples(out: Path) -> list[Path]:
-    return list((out / "examples").glob("*/*/*.parquet"))
+    return list((out / "examples").glob("*/*/*/*.parquet"))
 
 
 def assert_complete(out: Path) -> None:

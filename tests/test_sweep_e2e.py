@@ -74,7 +74,8 @@ def test_tables_have_one_row_per_unit(sweep):
     assert trials.num_rows == N_TRIALS
     assert set(trials.column("status").to_pylist()) == {"completed"}
     assert all(v.startswith("2.13") for v in trials.column("version_torch").to_pylist())
-    assert set(trials.column("config.model.name").to_pylist()) == {"resnet", "odenet"}
+    assert set(trials.column("config_model_name").to_pylist()) == {"resnet", "odenet"}
+    assert trials.column("trial_name").to_pylist() == trials.column("config_model_name").to_pylist()  # what varies
     ex = read_examples(out)
     assert ex.num_rows == N_TRIALS * N_ATTACK_EPS * N_TEST
     keys = ex.select(["trial_id", "attack", "eps", "example_index"]).to_pandas().astype(str)
@@ -125,12 +126,39 @@ def test_mlflow_parent_and_one_child_per_trial(sweep, mlflow_server):
     assert "spec.yaml" in {a.path for a in client.list_artifacts(sweep.parent_run_id)}
 
 
+def _readme_blocks(heading: str) -> list[str]:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    return [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+
+
+def test_readme_query_one_liners(sweep, capsys):
+    """The README's DuckDB and pandas lines, exactly as written, on this sweep's robustness/ (no join)."""
+    duck, pandas_ = _readme_blocks("### Query the results")
+    here = str(sweep.out_dir)
+    exec(duck.replace("runs/quickstart", here), {})
+    shown = capsys.readouterr().out
+    assert "resnet" in shown and "odenet" in shown and "natural_acc" in shown
+    *setup, last = pandas_.replace("runs/quickstart", here).strip().split("; ")
+    scope = {}
+    exec("; ".join(setup), scope)
+    table = eval(last, scope)
+    rob = read_robustness(sweep.out_dir).to_pandas()
+    want = rob[(rob.attack == "pgd") & (rob.eps == 0.1)]
+    assert len(table) == N_TRIALS == len(want)
+    assert set(table.trial_name) == {"resnet", "odenet"} and set(table.model_name) == {"resnet", "odenet"}
+    trials = read_trials(sweep.out_dir).to_pandas().set_index("trial_name")
+    for r in table.itertuples():  # the copied natural accuracy is the trial's own
+        assert r.natural_acc == trials.loc[r.trial_name, "natural_acc"]
+        assert r.ci_low <= r.robust_acc <= r.ci_high
+
+
 def test_frontier_pngs_written(sweep):
     png = sorted((sweep.out_dir / "frontier").glob("*.png"))
     assert {p.name for p in png} >= {"fgsm_eps0.05.png", "fgsm_eps0.1.png", "pgd_eps0.1.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in png)
     front = pd.read_csv(sweep.out_dir / "frontier" / "front.csv")
-    assert front["on_front"].any()
+    assert front["on_front"].any() and set(front["trial_name"]) == {"resnet", "odenet"}
 
 
 def test_cli_run_embedded_mlflow_then_eval_and_frontier(tmp_path, fashion_available):
@@ -169,7 +197,9 @@ def test_cli_run_embedded_mlflow_then_eval_and_frontier(tmp_path, fashion_availa
     assert r.returncode == 0 and "0 of 4 units run" in r.stdout, r.stdout + r.stderr[-2000:]
     assert [f.stat().st_mtime_ns for f in sorted((out / "examples").rglob("*.parquet"))] == mtimes
     trials = read_trials(out).to_pylist()
-    assert {(x["attack"], x["eps"]) for x in trials[0]["robust"]} >= {("pgd2", 0.05), ("pgd2", 0.2)}
+    assert {(x["attack"], x["eps"]) for x in trials[0]["robust_summary"]} >= {("pgd2", 0.05), ("pgd2", 0.2)}
+    rob = read_robustness(out).to_pandas()  # `advsweep eval` copies the trial's columns from the trials table too
+    assert (rob.trial_name == trials[0]["trial_name"]).all() and (rob.natural_acc == trials[0]["natural_acc"]).all()
     # The same label with other options would mix two attacks in one partition: refused.
     suite.write_text("attacks:\n  - {name: pgd, label: pgd2, eps: [0.05], steps: 7}\n")
     r = subprocess.run([str(BIN / "advsweep"), "eval", str(out), "--suite", str(suite)], capture_output=True,
@@ -180,6 +210,7 @@ def test_cli_run_embedded_mlflow_then_eval_and_frontier(tmp_path, fashion_availa
     r = subprocess.run([str(BIN / "advsweep"), "frontier", str(out)], capture_output=True, text=True, timeout=300,
                        env=env)
     assert r.returncode == 0, r.stderr
+    assert f"pgd2 eps=0.2: {trials[0]['trial_name']} (" in r.stdout
     assert (out / "frontier" / "pgd2_eps0.2.png").exists() and (out / "frontier" / "front.parquet").exists()
 
     # A corrupt checkpoint: one line naming it, exit 2, nothing new written.

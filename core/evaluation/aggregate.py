@@ -32,9 +32,11 @@ def _summarise(g: pd.DataFrame) -> dict:
     }
 
 
-def robustness_table(examples: pa.Table, skipped: pa.Table | None = None) -> pa.Table:
+def robustness_table(examples: pa.Table, skipped: pa.Table | None = None,
+                     trials: list[dict] | None = None) -> pa.Table:
     """Aggregate rows, then one `ensemble` row per (trial, norm, ε) shared by ≥ 2 attack configurations: an example
-    counts as robust only if it survived every attack (the worst case per example)."""
+    counts as robust only if it survived every attack (the worst case per example). `trials` (rows in the form
+    parquet.trial_rows returns) fill each row's copy of its trial's name, model, recipe and natural accuracy."""
     out = []
     if examples.num_rows:
         df = examples.to_pandas()
@@ -61,4 +63,6 @@ def robustness_table(examples: pa.Table, skipped: pa.Table | None = None) -> pa.
                         "status": "not_applicable", "reason": r["reason"]})
     if not out:
         return S.ROBUSTNESS.empty_table()
+    by_id = {t["trial_id"]: S.robustness_trial_columns(t) for t in trials or []}
+    out = [{**r, **by_id.get(r["trial_id"], {})} for r in out]
     return pa.Table.from_pylist(out, schema=S.ROBUSTNESS)

@@ -81,7 +81,6 @@ def _table(unit, eps, x, y, index, clean_logits, x_adv, adv_logits, sweep_id, co
         "attack_name": [unit.attack.name] * n,
         "attack_params": [unit.attack.params_json()] * n,
         "norm": [unit.attack.norm] * n,
-        "eps": np.full(n, eps, dtype=np.float64),
         "shard": np.full(n, unit.shard, dtype=np.int32),
         "example_index": index.astype(np.int64),
         "label": y.numpy().astype(np.int32),

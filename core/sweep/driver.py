@@ -180,6 +180,9 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     if manifest is not None and manifest.get("spec_digest") != spec.digest:
         raise SpecError(str(spec_path or "SPEC"), f"differs from the spec {out} was started with; "
                                                   f"resume it with `advsweep resume {out}`")
+    if manifest is not None and str(manifest.get("schema_version", SCHEMA_VERSION)) != SCHEMA_VERSION:
+        raise SpecError(str(out), f"written by advsweep schema version {manifest['schema_version']}; it can be "
+                                  f"analysed but not resumed by schema version {SCHEMA_VERSION}")
     data = prepare_data(spec)  # validates the data section before anything is written
     if manifest is not None:
         saved = np.load(out / "subsets.npz")
@@ -356,8 +359,10 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path) -> tupl
     versions = package_versions()
     trial_rows, epoch_rows = [], []
     trials = results._experiment_analysis.trials  # same order as the results (ResultGrid.__getitem__)
+    listed = None if spec.searched else spec.trial_names()  # names of the expanded list, computed once
     for trial, res in zip(trials, results):
         cfg = TrialConfig.model_validate(trial.config["trial"])
+        trial_name, config_name = (listed[0][cfg.index], listed[1][cfg.index]) if listed else spec.name_of(cfg)
         m = res.metrics or {}
         df = res.metrics_dataframe
         trial_id = trial.trial_id
@@ -382,7 +387,7 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path) -> tupl
         completed = status == "completed"
         trial_rows.append({
             "schema_version": SCHEMA_VERSION, "sweep_id": sweep_id, "trial_id": trial_id, "trial_index": cfg.index,
-            "family": cfg.family, "seed": cfg.seed, "config_id": cfg.config_id,
+            "trial_name": trial_name, "config_name": config_name, "family": cfg.family, "seed": cfg.seed, "config_id": cfg.config_id,
             "model_name": cfg.model["name"], "status": status,
             "epochs_completed": int(m.get("epoch", 0)), "epochs_planned": cfg.training.epochs,
             "n_test": m.get("n_test") if completed else None, "natural_acc": _f(m.get("natural_acc")),

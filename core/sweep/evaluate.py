@@ -14,7 +14,7 @@ from advsweep.evaluation.engine import TrialRef, evaluate, pending_units
 from advsweep.evaluation.units import AttackConfig, shard_bounds
 from advsweep.registry import SpecError
 from advsweep.storage import schema as S
-from advsweep.storage.parquet import read_examples, read_skipped, trials_table, write_atomic
+from advsweep.storage.parquet import read_examples, read_skipped, sweep_schema_version, trials_table, write_atomic
 from advsweep.storage.parquet import trial_rows as read_trial_rows
 from advsweep.storage.tracking import log_run_metrics
 from advsweep.sweep.progress import EvalProgress
@@ -56,6 +56,10 @@ def check_evaluation(out_dir: Path, trial_rows: list[dict[str, Any]],
                      attacks: list[AttackConfig]) -> dict[tuple[str, str], str]:
     """Fail fast on a missing or corrupt checkpoint or a reused attack label. Returns the (trial id, attack label)
     pairs whose attack does not apply to the trial's model, with the reason (they are skipped, not fatal)."""
+    version = sweep_schema_version(out_dir)
+    if version != S.SCHEMA_VERSION:
+        raise SpecError(str(out_dir), f"written by advsweep schema version {version}; attacks can be added only to "
+                                      f"sweeps of version {S.SCHEMA_VERSION} (analysis still reads it)")
     skip = {}
     for r in trial_rows:
         if r["status"] == "completed":
@@ -125,13 +129,13 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
             progress.close()
     _write_skipped(out_dir, sweep_id, attacks, skip)
     examples = read_examples(out_dir)
-    robustness = robustness_table(examples, read_skipped(out_dir))
+    robustness = robustness_table(examples, read_skipped(out_dir), trial_rows)
     eval_seconds = unit_seconds_by_trial(examples)
     write_atomic(robustness, out_dir / "robustness" / "part-0.parquet", sweep_id)
     rob_rows = [r for r in robustness.to_pylist() if r["status"] == "ok"]
     for row in trial_rows:
         row["eval_time_s"] = eval_seconds.get(row["trial_id"])
-        row["robust"] = [{k: r[k] for k in ("attack", "eps", "robust_acc", "ci_low", "ci_high")}
+        row["robust_summary"] = [{k: r[k] for k in ("attack", "eps", "robust_acc", "ci_low", "ci_high")}
                          for r in rob_rows if r["trial_id"] == row["trial_id"]] if row["status"] == "completed" else []
     write_atomic(trials_table(trial_rows, out_dir), out_dir / "trials" / "part-0.parquet", sweep_id)
     if mlflow_uri:
