@@ -16,7 +16,8 @@ from advsweep.registry import SpecError
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_examples, read_skipped, trials_table, write_atomic
 from advsweep.storage.parquet import trial_rows as read_trial_rows
-from advsweep.storage.tracking import log_run_metrics
+from advsweep.storage.mlflow_records import attack_metrics, attack_params
+from advsweep.storage.tracking import log_attack_results
 
 
 def attack_configs(attacks: list[Any]) -> list[AttackConfig]:
@@ -97,7 +98,6 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
     `check_evaluation` first (before Ray starts) so that bad input fails with one line and nothing written; pass
     the pairs it returned as `skip`."""
     done = [r for r in trial_rows if r["status"] == "completed"]
-    by_label = {a.label: a for a in attacks}
     if skip is None:
         skip = check_evaluation(out_dir, trial_rows, attacks)
     for (trial_id, label), reason in sorted(skip.items()):
@@ -129,17 +129,23 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
                          for r in rob_rows if r["trial_id"] == row["trial_id"]] if row["status"] == "completed" else []
     write_atomic(trials_table(trial_rows, out_dir), out_dir / "trials" / "part-0.parquet", sweep_id)
     if mlflow_uri:
-        for row in done:
-            metrics = {}
-            for r in rob_rows:
-                if r["trial_id"] == row["trial_id"] and (r["attack"] in by_label or r["attack"] == S.ENSEMBLE):
-                    key = f"robust_acc/{r['attack']}/eps_{r['eps']:g}"
-                    metrics.update({key: r["robust_acc"], f"{key}/ci_low": r["ci_low"], f"{key}/ci_high": r["ci_high"]})
-                    if r["found_rate"] is not None:
-                        metrics[f"found_rate/{r['attack']}"] = r["found_rate"]
-            if row.get("mlflow_run_id") and metrics:
-                log_run_metrics(mlflow_uri, row["mlflow_run_id"], metrics)
+        per_trial = attack_metrics(rob_rows)
+        log_attack_results(mlflow_uri, [
+            (row["mlflow_run_id"], stage_attack_params(row, attacks, skip), per_trial.get(row["trial_id"], {}))
+            for row in done if row.get("mlflow_run_id")])
     return counts
+
+
+def stage_attack_params(row: dict[str, Any], attacks: list[AttackConfig],
+                        skip: dict[tuple[str, str], str]) -> dict[str, str]:
+    """`attack.<label>.*` params of the attacks this stage ran on a trial."""
+    out: dict[str, str] = {}
+    for a in attacks:
+        if a.runs_on(row["trial_id"], row.get("trial_index")) and (row["trial_id"], a.label) not in skip:
+            out.update(attack_params(a.label, a.name, a.options, list(a.eps)))
+            if a.source_trial is not None:
+                out[f"attack.{a.label}.source_trial"] = str(a.source_trial)
+    return out
 
 
 def unit_seconds_by_trial(examples) -> dict[str, float]:
