@@ -108,3 +108,24 @@ def changed_metrics(run, metrics: dict[str, float]) -> dict[str, float]:
 def missing_params(run, params: dict[str, Any]) -> dict[str, Any]:
     """Params are immutable in MLflow: log only keys the run does not have."""
     return {k: v for k, v in params.items() if k not in run.data.params}
+
+
+def trial_note(trial_name: str, row: dict[str, Any], metrics: dict[str, float]) -> str:
+    """A trial run's description (markdown): natural and robust accuracies with their intervals, minimal-distortion
+    results — the numbers a reader looks for first on the run page."""
+    def acc(v, lo, hi):
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if _ok(v) and _ok(lo) and _ok(hi) else "-"
+
+    lines = [f"| {trial_name} | accuracy [95 % CI] |", "|---|---|",
+             f"| natural | {acc(row.get('natural_acc'), row.get('natural_ci_low'), row.get('natural_ci_high'))} |"]
+    robust = sorted((k for k in metrics if k.startswith("robust_acc/") and not k.endswith(("/ci_low", "/ci_high"))),
+                    key=lambda k: (k.split("/")[1], float(k.rsplit("_", 1)[1])))
+    for k in robust:
+        _, attack, eps = k.split("/")
+        lines.append(f"| {attack} ε={eps[4:]} | {acc(metrics[k], metrics.get(k + '/ci_low'), metrics.get(k + '/ci_high'))} |")
+    for k in sorted(m for m in metrics if m.startswith("success_rate/")):
+        attack = k.split("/", 1)[1]
+        med = metrics.get(f"median_l2/{attack}")
+        dist = f", median ℓ2 distance {med:.3g}" if med is not None else ""
+        lines.append(f"| {attack} (unbounded) | adversarial found for {metrics[k]:.1%} of correctly classified{dist} |")
+    return "\n".join(lines)

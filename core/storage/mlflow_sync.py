@@ -18,7 +18,7 @@ from advsweep.registry import SpecError
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_epochs, read_robustness, trial_rows, trials_table, write_atomic
 from advsweep.storage.mlflow_records import (NOTE, attack_metrics, attack_params, changed_metrics, missing_params,
-                                             trial_tags)
+                                             trial_note, trial_tags)
 from advsweep.storage.tracking import (RUN_STATUS, _client, _find_run, _metrics_batch, _params_batch, _tags_batch,
                                        ensure_experiment, log_named_artifacts, probe, trial_runs, use_short_retries)
 from advsweep.versions import package_versions
@@ -140,6 +140,10 @@ def sync(out_dir: str | Path, uri: str) -> dict[str, int]:
         final = {k: row.get(k) for k in FINAL_METRICS}
         counts["metrics"] += _log_changed(client, client.get_run(run_id), final, int(row.get("epochs_completed") or 0))
         counts["metrics"] += _log_changed(client, client.get_run(run_id), attack_results.get(tid, {}), 0)
+        if row["status"] == "completed":
+            note = trial_note(run_name, row, attack_results.get(tid, {}))
+            if run.data.tags.get(NOTE) != note:
+                client.set_tag(run_id, NOTE, note)
         ckpt = row.get("checkpoint")
         if ckpt and row["status"] == "completed" and not client.list_artifacts(run_id, "checkpoint"):
             d = Path(ckpt)

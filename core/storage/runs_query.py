@@ -158,7 +158,7 @@ def render(rows: list[RunRow], fmt: str) -> str:
         _, recs = records(rows)
         for rec, r in zip(recs, rows):
             rec["tags"] = r.tags
-        return json.dumps(recs, indent=1, default=str)
+        return json.dumps(recs, indent=1, default=str, ensure_ascii=False)
     if fmt == "csv":
         cols, recs = records(rows)
         buf = io.StringIO()

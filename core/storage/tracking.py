@@ -247,17 +247,19 @@ class TrialTracker:
             _safe("end run", lambda: self.client.set_terminated(self.run_id, status))
 
 
-def log_attack_results(uri: str, runs: list[tuple[str, dict[str, str], dict[str, float]]]) -> None:
-    """(run id, attack params, attack metrics) per trial run: params the run lacks, metrics it lacks or holds with
-    another value (so `advsweep eval` with more attacks, or a rerun, adds no duplicates)."""
+def log_attack_results(uri: str, runs: list[tuple[str, dict[str, str], dict[str, float], str]]) -> None:
+    """(run id, attack params, attack metrics, description) per trial run: params the run lacks, metrics it lacks or
+    holds with another value (so `advsweep eval` with more attacks, or a rerun, adds no duplicates)."""
     from advsweep.storage.mlflow_records import missing_params
 
     def log() -> None:
         client = _client(uri)
-        for run_id, params, metrics in runs:
+        for run_id, params, metrics, note in runs:
             run = client.get_run(run_id)
             _params_batch(client, run_id, missing_params(run, params))
             _metrics_batch(client, run_id, changed_metrics(run, metrics), 0)
+            if note and run.data.tags.get(NOTE) != note:
+                client.set_tag(run_id, NOTE, note)
 
     _safe("attack results", log)
 
