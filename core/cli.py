@@ -113,6 +113,11 @@ def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, s
     typer.echo(f"  MLflow    {result.mlflow_uri}  (experiment advsweep/{result.sweep_id})")
     if result.mlflow_uri.startswith("sqlite:"):
         typer.echo(f"            UI: mlflow ui --backend-store-uri {result.mlflow_uri} --host 127.0.0.1 --port 5000")
+    if result.experiment_id:  # the model-training view: MLflow 3's UI opens its GenAI view otherwise
+        from advsweep.storage.mlflow_records import ui_url
+
+        server = result.mlflow_uri if result.mlflow_uri.startswith("http") else "http://127.0.0.1:5000"
+        typer.echo(f"            {ui_url(server, result.experiment_id)}")
     if result.mlflow_failures:
         typer.echo(f"            {result.mlflow_failures} tracking calls of the driver failed; complete the runs with"
                    f"  advsweep mlflow-sync {o} --mlflow-uri {result.mlflow_uri}")

@@ -22,8 +22,8 @@ CLOSE_ASSISTANT = """
 (() => {
   const close = document.querySelector('button[data-component-id="mlflow.assistant.chat_panel.close"]');
   if (close) close.click();
-  for (const b of document.querySelectorAll('button, a')) {  // expand a collapsed run description
-    if (b.textContent.trim() === 'Show more') b.click();
+  for (const e of document.querySelectorAll('*')) {  // expand a collapsed run description
+    if (e.childElementCount === 0 && e.textContent.trim() === 'Show more') e.click();
   }
   return Boolean(close);
 })()
