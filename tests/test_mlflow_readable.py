@@ -77,6 +77,24 @@ def test_attack_params_carry_defaults_and_the_distance_norm():
     assert attack_params("fab", "fab", {"p": "linf"}, [0.0])["attack.fab.norm"] == "linf"
 
 
+def test_workers_name_runs_as_the_spec_does():
+    """The trainable names its run from the driver's ctx: the same names as Spec.name_of, for expanded and sampled
+    (tpe) sweeps alike."""
+    from advsweep.spec import TrialConfig
+    from advsweep.sweep.trainable import names_of
+
+    grid = parse_spec(SPEC)
+    ctx = {"trial_names": dict(enumerate(zip(*grid.trial_names()))), "name_axes": []}
+    assert [names_of(ctx, t) for t in grid.trials] == [grid.name_of(t) for t in grid.trials] == [
+        ("mlp", "mlp"), ("odenet", "odenet")]
+    tpe = parse_spec(SPEC.replace("seed: 1\n", "seed: 1\nsearch: {algorithm: tpe, num_samples: 3, objective: val_acc}\n")
+                     .replace("hidden: [32]", "hidden: {choice: [[16], [32]]}"))
+    ctx = {"trial_names": {}, "name_axes": tpe.search_axes()}
+    for i, hidden in enumerate(([16], [32])):
+        cfg = TrialConfig(family=0, index=i, model={"name": "mlp", "hidden": hidden}, training=tpe.probes[0].training)
+        assert names_of(ctx, cfg) == tpe.name_of(cfg) and str(hidden[0]) in names_of(ctx, cfg)[0]
+
+
 # --- a real sweep against a real tracking server --------------------------------------------------------------------
 
 def _free_port() -> int:

@@ -306,7 +306,8 @@ def _finish_sweep_run(tracker: SweepTracker, out: Path, spec: Spec, trial_rows: 
         summary = build_summary(out, spec, trial_rows)
     except Exception as exc:  # a summary is a convenience: the sweep's results are in Parquet either way
         print(f"MLflow summary skipped ({type(exc).__name__}: {exc})", flush=True)
-        tracker.finish({"n_trials": len(trial_rows)}, [], status)
+        tracker.finish({"n_trials": len(trial_rows),
+                        "n_completed": sum(r["status"] == "completed" for r in trial_rows)}, [], status)
         return
     with tempfile.TemporaryDirectory() as tmp:
         files = [(write_csv(rows, Path(tmp) / Path(name).name), name) for name, rows in summary.tables.items()]
