@@ -55,8 +55,9 @@ async def _shoot(ws_url: str, jobs: list[tuple[str, str]], settle: float) -> Non
         for url, out in jobs:
             await call("Page.navigate", url=url)
             await asyncio.sleep(settle)
-            await call("Runtime.evaluate", expression=CLOSE_ASSISTANT)
-            await asyncio.sleep(2)
+            for _ in range(2):  # once more after the first click's re-render
+                await call("Runtime.evaluate", expression=CLOSE_ASSISTANT)
+                await asyncio.sleep(3)
             shot = await call("Page.captureScreenshot", format="png")
             with open(out, "wb") as f:
                 f.write(base64.b64decode(shot["data"]))
