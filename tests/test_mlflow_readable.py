@@ -140,7 +140,10 @@ def sweep(tmp_path_factory, server, fashion_available):
     out = tmp / "sweep"
     r = run("run", str(spec_file), "--out", str(out), "--mlflow-uri", server)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, json.loads((out / "sweep.json").read_text())
+    manifest = json.loads((out / "sweep.json").read_text())
+    # the printed link opens the model-training view (runs table), not MLflow 3's GenAI overview
+    assert f"{server}/#/experiments/{manifest['experiment_id']}?workflowType=machine_learning" in r.stdout
+    return out, manifest
 
 
 def cli(*args: str):
