@@ -172,6 +172,11 @@ def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, s
     typer.echo(f"  MLflow    {result.mlflow_uri}  (experiment advsweep/{result.sweep_id})")
     if result.mlflow_uri.startswith("sqlite:"):
         typer.echo(f"            UI: mlflow ui --backend-store-uri {result.mlflow_uri} --host 127.0.0.1 --port 5000")
+    if result.experiment_id:  # the model-training view: MLflow 3's UI opens its GenAI view otherwise
+        from advsweep.storage.mlflow_records import ui_url
+
+        server = result.mlflow_uri if result.mlflow_uri.startswith("http") else "http://127.0.0.1:5000"
+        typer.echo(f"            {ui_url(server, result.experiment_id)}")
     if result.mlflow_failures:
         typer.echo(f"            {result.mlflow_failures} tracking calls of the driver failed; complete the runs with"
                    f"  advsweep mlflow-sync {o} --mlflow-uri {result.mlflow_uri}")
@@ -201,6 +206,37 @@ def mlflow_sync(
         _fail(exc)
     typer.echo(f"{sweep_dir}: {counts['runs_created']} runs created, {counts['metrics']} metric values and "
                f"{counts['artifacts']} artifacts added in {uri}")
+
+
+@app.command()
+def runs(
+    ctx: typer.Context,
+    sweep_dir: Optional[Path] = typer.Argument(None, help="a sweep directory: its tracking store and experiment"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="experiment name or sweep id (default: all)"),
+    filter_string: Optional[str] = typer.Option(None, "--filter", help="MLflow filter, e.g. \"metrics.`robust_acc/"
+                                                "pgd/eps_0.1` > 0.3 and tags.solver = 'dopri5'\""),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", envvar="MLFLOW_TRACKING_URI",
+                                             help="tracking server or store (default: the sweep directory's)"),
+) -> None:
+    """List trial runs from the tracking server with MLflow's filter syntax: names, key params, accuracies ± CI."""
+    import click
+
+    from advsweep.storage.runs_query import FORMATS, query_runs, render, store_of_sweep
+
+    try:
+        if fmt not in FORMATS:
+            raise SpecError("--format", f"{fmt!r}: one of {', '.join(FORMATS)}")
+        if sweep_dir is not None:  # its own store, unless --mlflow-uri is given (MLFLOW_TRACKING_URI is not)
+            uri, sweep_id = store_of_sweep(sweep_dir)
+            explicit = ctx.get_parameter_source("mlflow_uri") == click.core.ParameterSource.COMMANDLINE
+            mlflow_uri, experiment = (mlflow_uri if explicit else uri), experiment or sweep_id
+        if not mlflow_uri:
+            raise SpecError("--mlflow-uri", "no tracking store: pass a sweep directory, --mlflow-uri or "
+                                            "MLFLOW_TRACKING_URI")
+        typer.echo(render(query_runs(mlflow_uri, experiment, filter_string), fmt))
+    except SpecError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -103,13 +103,13 @@ def test_perturbations_respect_eps_and_robust_acc_has_intervals(sweep):
         assert worst["ensemble"] <= min(worst["fgsm"], worst["pgd"]) + 1e-12
 
 
-def test_mlflow_parent_and_one_child_per_trial(sweep, mlflow_server):
+def test_mlflow_sweep_run_and_one_run_per_trial(sweep, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name(f"advsweep/{sweep.sweep_id}")
     assert exp is not None
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'")
+    children = client.search_runs([exp.experiment_id], f"tags.sweep_run_id = '{sweep.parent_run_id}'")
     assert len(children) == N_TRIALS
     trial_ids = set(read_trials(sweep.out_dir).column("trial_id").to_pylist())
     assert {r.data.tags["ray_trial_id"] for r in children} == trial_ids

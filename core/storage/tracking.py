@@ -1,18 +1,23 @@
-"""MLflow logging: one experiment per sweep, a parent run for the sweep, one child run per trial.
+"""MLflow logging: one experiment per sweep (marked as model training), a sweep run and one run per trial.
 
-Runs are found-or-created by deterministic tags (sweep_id, ray_trial_id), so a retried or restored trial continues its
-run instead of creating a duplicate. Parquet is the source of truth; a tracking outage never fails training: the
+Trial runs are top-level runs named by their trial name (`odenet·dopri5`), so the UI's runs table lists the trials
+themselves; the sweep run (named by the sweep id, tag kind=sweep) carries the spec's description and the summary, and
+every trial run points to it with the tag `sweep_run_id`. Runs are found-or-created by deterministic tags (sweep_id,
+ray_trial_id), so a retried or restored trial continues its run instead of creating a duplicate. Parquet is the source of truth; a tracking outage never fails training: the
 first failed call is reported once, further calls are skipped for OUTAGE_BACKOFF_S (so an outage costs seconds, not
 minutes of retries), and `advsweep mlflow-sync DIR` replays the Parquet tables into the server afterwards.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from advsweep.storage.mlflow_records import NOTE, changed_metrics, experiment_tags
 from advsweep.versions import package_versions
 
 # Workers talk to a server through these: fail in seconds, not the ~4 min of MLflow's default retry policy.
@@ -112,8 +117,49 @@ def _params_batch(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i:i + 90])
 
 
+def _tags_batch(client, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
+    for i in range(0, len(items), 90):
+        client.log_batch(run_id, tags=items[i:i + 90])
+
+
+def ensure_experiment(client, sweep_id: str, description: str = "", artifact_location: str | None = None) -> str:
+    """The sweep's experiment (created if missing), tagged as a model-training experiment with the spec's
+    description; tags are (re)set on an existing experiment too, which is idempotent."""
+    name = f"advsweep/{sweep_id}"
+    exp = client.get_experiment_by_name(name)
+    tags = experiment_tags(sweep_id, description)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    for k, v in tags.items():
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
+def log_named_artifacts(client, run_id: str, files: list[tuple[Path, str]]) -> int:
+    """Log each local file under the artifact path given (`results/trials.parquet`), renaming it on the way."""
+    n = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for src, dest in files:
+            src = Path(src)
+            if not src.is_file():
+                continue
+            folder, _, base = dest.rpartition("/")
+            if src.name != base:
+                staged = Path(tmp) / f"{n}" / base
+                staged.parent.mkdir()
+                shutil.copyfile(src, staged)
+                src = staged
+            client.log_artifact(run_id, str(src), folder or None)
+            n += 1
+    return n
+
+
 class SweepTracker:
-    """Driver side: experiment + parent run."""
+    """Driver side: experiment + sweep run."""
 
     def __init__(self, uri: str, sweep_id: str, out_dir: str | Path):
         self.uri, self.sweep_id, self.out_dir = uri, sweep_id, Path(out_dir).resolve()
@@ -121,51 +167,53 @@ class SweepTracker:
         self.experiment_id = ""
         self.run_id = ""
 
-    def start(self, spec_file: Path, params: dict[str, Any]) -> tuple[str, str]:
-        name = f"advsweep/{self.sweep_id}"
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            # A local sqlite store keeps artifacts beside it; a server decides for itself (--serve-artifacts).
-            artifacts = (self.out_dir / "mlartifacts").as_uri() if self.uri.startswith("sqlite:") else None
-            self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts,
-                                                               tags={"sweep_id": self.sweep_id})
-        else:
-            self.experiment_id = exp.experiment_id
+    def start(self, spec_file: Path, params: dict[str, Any], description: str = "") -> tuple[str, str]:
+        # A local sqlite store keeps artifacts beside it; a server decides for itself (--serve-artifacts).
+        artifacts = (self.out_dir / "mlartifacts").as_uri() if self.uri.startswith("sqlite:") else None
+        self.experiment_id = ensure_experiment(self.client, self.sweep_id, description, artifacts)
         tags = {"sweep_id": self.sweep_id, "kind": "sweep"}
         found = _find_run(self.client, self.experiment_id, tags)
         if found:  # a resumed sweep continues its parent run
             self.run_id = found
             self.client.update_run(found, status="RUNNING")
         else:
+            note = {NOTE: description} if description else {}
             self.run_id = self.client.create_run(
                 self.experiment_id, run_name=self.sweep_id,
-                tags={**tags, **{f"version.{k}": v for k, v in package_versions().items()}}).info.run_id
+                tags={**tags, **note, **{f"version.{k}": v for k, v in package_versions().items()}}).info.run_id
             _params_batch(self.client, self.run_id, params)
             self.client.log_artifact(self.run_id, str(spec_file))
         return self.experiment_id, self.run_id
 
-    def finish(self, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED") -> None:
-        _safe("parent metrics", lambda: _metrics_batch(self.client, self.run_id, metrics, 0))
-        for a in artifacts:
-            if a.exists():
-                _safe("parent artifact", lambda a=a: self.client.log_artifact(self.run_id, str(a)))
-        _safe("parent end", lambda: self.client.set_terminated(self.run_id, status))
+    def finish(self, metrics: dict[str, float], artifacts: list[tuple[Path, str]], status: str = "FINISHED",
+               note: str | None = None) -> None:
+        """Summary metrics (only new or changed values, so a resumed sweep does not repeat them), the description
+        with the summary (`note`), and artifacts as (local file, artifact path)."""
+        if not self.run_id:
+            return
+        run = _safe("sweep run", lambda: self.client.get_run(self.run_id))
+        if run is not None:
+            _safe("sweep metrics", lambda: _metrics_batch(self.client, self.run_id, changed_metrics(run, metrics), 0))
+        if note:
+            _safe("sweep note", lambda: self.client.set_tag(self.run_id, NOTE, note))
+        _safe("sweep artifacts", lambda: log_named_artifacts(self.client, self.run_id, artifacts))
+        _safe("sweep end", lambda: self.client.set_terminated(self.run_id, status))
 
 
 class TrialTracker:
-    """Trial side: the child run of one Tune trial."""
+    """Trial side: the run of one Tune trial, named `run_name`, tagged with `tags` (see mlflow_records.trial_tags)."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str, trial_id: str,
-                 run_name: str, params: dict[str, Any]):
+    def __init__(self, uri: str, experiment_id: str, sweep_run_id: str, sweep_id: str, trial_id: str,
+                 run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None):
         self.client = _client(uri)
-        tags = {"sweep_id": sweep_id, "ray_trial_id": trial_id}
-        self.run_id = _safe("find run", lambda: _find_run(self.client, experiment_id, tags))
+        find = {"sweep_id": sweep_id, "ray_trial_id": trial_id}
+        self.run_id = _safe("find run", lambda: _find_run(self.client, experiment_id, find))
         self._logged: dict[str, set[int]] | None = None  # key -> steps a resumed run already has
         if self.run_id is not None:  # a retried or restored trial continues its run
             _safe("resume run", lambda: self.client.update_run(self.run_id, status="RUNNING"))
             self._logged = {}
         elif experiment_id:
-            all_tags = {**tags, "mlflow.parentRunId": parent_run_id, "kind": "trial",
+            all_tags = {**find, **(tags or {}), "sweep_run_id": sweep_run_id, "kind": "trial",
                         **{f"version.{k}": v for k, v in package_versions().items()}}
             run = _safe("create run", lambda: self.client.create_run(experiment_id, run_name=run_name, tags=all_tags))
             self.run_id = run.info.run_id if run else None
@@ -197,6 +245,23 @@ class TrialTracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
             _safe("end run", lambda: self.client.set_terminated(self.run_id, status))
+
+
+def log_attack_results(uri: str, runs: list[tuple[str, dict[str, str], dict[str, float], str]]) -> None:
+    """(run id, attack params, attack metrics, description) per trial run: params the run lacks, metrics it lacks or
+    holds with another value (so `advsweep eval` with more attacks, or a rerun, adds no duplicates)."""
+    from advsweep.storage.mlflow_records import missing_params
+
+    def log() -> None:
+        client = _client(uri)
+        for run_id, params, metrics, note in runs:
+            run = client.get_run(run_id)
+            _params_batch(client, run_id, missing_params(run, params))
+            _metrics_batch(client, run_id, changed_metrics(run, metrics), 0)
+            if note and run.data.tags.get(NOTE) != note:
+                client.set_tag(run_id, NOTE, note)
+
+    _safe("attack results", log)
 
 
 def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -220,7 +220,8 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     try:
         experiment_id, parent_run_id = tracker.start(out / "spec.yaml", {
             "spec_name": spec.name, "spec_digest": spec.digest, "n_trials": manifest["n_trials"],
-            "dataset": spec.raw.data.dataset, **{f"data.{k}": v for k, v in manifest["data"].items()}})
+            "dataset": spec.raw.data.dataset, **{f"data.{k}": v for k, v in manifest["data"].items()}},
+            description=spec.raw.description)
     except Exception as exc:  # the server went down after the probe: Parquet goes on, mlflow-sync catches up
         print(f"MLflow unreachable ({type(exc).__name__}); continuing without it", flush=True)
         experiment_id, parent_run_id = manifest.get("experiment_id", ""), manifest.get("parent_run_id", "")
@@ -235,6 +236,9 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         "parent_run_id": parent_run_id, "seed": raw.seed, "cpu": raw.resources.cpu, "gpu": raw.resources.gpu,
         "monitor": raw.monitor.model_dump() if raw.monitor else None, "eval": raw.eval.model_dump(),
         "attacks": [{"label": a.label, "name": a.name, "eps": list(a.eps), "options": a.options} for a in raw.attacks],
+        # MLflow run names and tags (advsweep.naming): expanded trials by index, sampled ones from the search axes
+        "trial_names": dict(enumerate(zip(*spec.trial_names()))) if spec.trials else {},
+        "name_axes": spec.search_axes() if spec.searched else [], "dataset": raw.data.dataset,
     }
     resources = {"cpu": raw.resources.cpu, "gpu": raw.resources.gpu}
     if raw.resources.memory_gb:
@@ -278,7 +282,7 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
             overlap.close()
         manifest.update(status="interrupted", n_completed=n_completed)
         write_manifest(out, manifest)
-        tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed}, [], status="KILLED")
+        _finish_sweep_run(tracker, out, spec, trial_rows, [], "KILLED")
         return result("interrupted")
 
     manifest["status"] = "evaluating"
@@ -301,9 +305,29 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         artifacts = write_frontiers(out)
     manifest.update(status="finished", finished=datetime.now(timezone.utc).isoformat(), n_completed=n_completed)
     write_manifest(out, manifest)
-    tracker.finish({"n_trials": len(trial_rows), "n_completed": n_completed},
-                   [out / "trials" / "part-0.parquet", *artifacts])
+    _finish_sweep_run(tracker, out, spec, trial_rows, artifacts, "FINISHED")
     return result("finished")
+
+
+def _finish_sweep_run(tracker: SweepTracker, out: Path, spec: Spec, trial_rows: list[dict], artifacts: list[Path],
+                      status: str) -> None:
+    """The sweep run's description + summary, summary metrics, trials table and fronts (never fails the sweep)."""
+    import tempfile
+
+    from advsweep.sweep.summary import build_summary, write_csv
+
+    try:
+        summary = build_summary(out, spec, trial_rows)
+    except Exception as exc:  # a summary is a convenience: the sweep's results are in Parquet either way
+        print(f"MLflow summary skipped ({type(exc).__name__}: {exc})", flush=True)
+        tracker.finish({"n_trials": len(trial_rows),
+                        "n_completed": sum(r["status"] == "completed" for r in trial_rows)}, [], status)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [(write_csv(rows, Path(tmp) / Path(name).name), name) for name, rows in summary.tables.items()]
+        files.append((out / "trials" / "part-0.parquet", "results/trials.parquet"))
+        files += [(a, f"frontier/{a.name}") for a in artifacts]
+        tracker.finish(summary.metrics, files, status, note=summary.note)
 
 
 def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path, output: str = "bar"):

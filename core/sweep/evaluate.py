@@ -16,7 +16,8 @@ from advsweep.registry import SpecError
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_examples, read_skipped, sweep_schema_version, trials_table, write_atomic
 from advsweep.storage.parquet import trial_rows as read_trial_rows
-from advsweep.storage.tracking import log_run_metrics
+from advsweep.storage.mlflow_records import attack_metrics, attack_params, trial_note
+from advsweep.storage.tracking import log_attack_results
 from advsweep.sweep.progress import EvalProgress
 
 
@@ -104,7 +105,6 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
     the pairs it returned as `skip`. `output`: a progress bar, `quiet` or `verbose` (a line per unit). `pool`: a warm
     `engine.WorkerPool` to run on (the overlapped evaluation's)."""
     done = [r for r in trial_rows if r["status"] == "completed"]
-    by_label = {a.label: a for a in attacks}
     if skip is None:
         skip = check_evaluation(out_dir, trial_rows, attacks)
     if output != "quiet":
@@ -139,17 +139,36 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
                          for r in rob_rows if r["trial_id"] == row["trial_id"]] if row["status"] == "completed" else []
     write_atomic(trials_table(trial_rows, out_dir), out_dir / "trials" / "part-0.parquet", sweep_id)
     if mlflow_uri:
-        for row in done:
-            metrics = {}
-            for r in rob_rows:
-                if r["trial_id"] == row["trial_id"] and (r["attack"] in by_label or r["attack"] == S.ENSEMBLE):
-                    key = f"robust_acc/{r['attack']}/eps_{r['eps']:g}"
-                    metrics.update({key: r["robust_acc"], f"{key}/ci_low": r["ci_low"], f"{key}/ci_high": r["ci_high"]})
-                    if r["found_rate"] is not None:
-                        metrics[f"found_rate/{r['attack']}"] = r["found_rate"]
-            if row.get("mlflow_run_id") and metrics:
-                log_run_metrics(mlflow_uri, row["mlflow_run_id"], metrics)
+        per_trial = attack_metrics(rob_rows)
+        names = {t: n for t, (n, _) in _trial_names(out_dir, trial_rows).items()}
+        log_attack_results(mlflow_uri, [
+            (row["mlflow_run_id"], stage_attack_params(row, attacks, skip), per_trial.get(row["trial_id"], {}),
+             trial_note(row.get("trial_name") or names.get(row["trial_id"], row["trial_id"]), row, per_trial.get(row["trial_id"], {})))
+            for row in done if row.get("mlflow_run_id")])
     return counts
+
+
+def _trial_names(out_dir: Path, trial_rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """trial_id → (trial name, config name) from the sweep's spec (ids where the spec cannot be read)."""
+    from advsweep.spec import load_spec
+    from advsweep.sweep.summary import trial_names
+
+    try:
+        return trial_names(load_spec(Path(out_dir) / "spec.yaml"), trial_rows)
+    except (SpecError, OSError):
+        return {}
+
+
+def stage_attack_params(row: dict[str, Any], attacks: list[AttackConfig],
+                        skip: dict[tuple[str, str], str]) -> dict[str, str]:
+    """`attack.<label>.*` params of the attacks this stage ran on a trial."""
+    out: dict[str, str] = {}
+    for a in attacks:
+        if a.runs_on(row["trial_id"], row.get("trial_index")) and (row["trial_id"], a.label) not in skip:
+            out.update(attack_params(a.label, a.name, a.options, list(a.eps)))
+            if a.source_trial is not None:
+                out[f"attack.{a.label}.source_trial"] = str(a.source_trial)
+    return out
 
 
 def unit_seconds_by_trial(examples) -> dict[str, float]:

@@ -28,6 +28,7 @@ from advsweep.evaluation.shard import predict
 from advsweep.evaluation.stats import wilson_interval
 from advsweep.models import build_model, count_parameters, nfe, reset_nfe
 from advsweep.spec import TrialConfig
+from advsweep.storage.mlflow_records import trial_tags
 from advsweep.storage.tracking import TrialTracker
 from advsweep.training import build_penalty, build_recipe
 from advsweep.training.trainer import OptimConfig, Trainer, as_float_images
@@ -121,6 +122,18 @@ def _val_metrics(model, x_val, y_val, monitor, batch_size, device, seed) -> dict
     return out
 
 
+def names_of(ctx: dict[str, Any], cfg: TrialConfig) -> tuple[str, str]:
+    """(trial name, config name): from the driver's list for expanded sweeps, from the search axes for sampled ones
+    (as Spec.name_of)."""
+    known = ctx.get("trial_names") or {}
+    if cfg.index in known:
+        return tuple(known[cfg.index])
+    from advsweep.naming import config_name, varying_keys
+
+    name = config_name(cfg.flat(), varying_keys([], ctx.get("name_axes") or []), str(cfg.model["name"]))
+    return name, name
+
+
 def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.ndarray]) -> None:
     cfg = TrialConfig.model_validate(config["trial"])
     tctx = tune.get_context()
@@ -140,8 +153,10 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
                 trainer.load_state_dict(torch.load(Path(d) / CHECKPOINT_STATE, map_location=device, weights_only=True))
 
         n_params = count_parameters(model)
+        run_name, config_name = names_of(ctx, cfg)
         tracker = TrialTracker(ctx["mlflow_uri"], ctx["experiment_id"], ctx["parent_run_id"], ctx["sweep_id"], trial_id,
-                               trial_name, {**cfg.flat(), "seed": seed, "params": n_params})
+                               run_name, {**cfg.flat(), "seed": seed, "params": n_params},
+                               trial_tags(cfg, run_name, config_name, ctx.get("dataset")))
         # Object-store arrays are read-only: copy once into tensors this process owns.
         x_train, y_train = torch.tensor(data["x_train"]), torch.tensor(data["y_train"]).long()
         x_val = as_float_images(torch.tensor(data["x_val"]))
