@@ -137,7 +137,7 @@ def names_of(ctx: dict[str, Any], cfg: TrialConfig) -> tuple[str, str]:
 def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.ndarray]) -> None:
     cfg = TrialConfig.model_validate(config["trial"])
     tctx = tune.get_context()
-    trial_id, trial_name = tctx.get_trial_id(), tctx.get_trial_name()
+    trial_id = tctx.get_trial_id()
     torch.set_num_threads(max(1, int(ctx["cpu"])))
     device = torch.device("cuda" if ctx["gpu"] > 0 and torch.cuda.is_available() else "cpu")
     seed = cfg.seed  # the replicate seed only: trials differ in seed only when they are replicates
