@@ -246,7 +246,10 @@ def footer(res: Results) -> list[str]:
     n = sorted({int(v) for v in res.trials["n_test"].dropna()}) if "n_test" in res.trials else []
     lines = [f"± : larger half of the 95 % Wilson interval{f' over {n[0]} test examples' if len(n) == 1 else ''}"
              f" (exact bounds: --format csv or json)",
-             "n/a: the attack does not apply to the model; NFE: ODE function evaluations per test batch"]
+             "NFE: ODE function evaluations per test batch"]
+    if any(v is not None and v.get("status") != "ok" for r in res.trials.itertuples() for c in res.cells
+           for v in [res.value(r.trial_id, c.key)]):
+        lines.insert(1, "n/a: the attack does not apply to the model")
     for r in res.trials.itertuples():  # why a trial has no numbers
         if r.status != "completed" and isinstance(r.error, str) and r.error:
             lines.append(f"{r.name} ({r.status}): {r.error}")

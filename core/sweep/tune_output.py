@@ -81,9 +81,11 @@ def plain_worker_logs() -> None:
 @contextlib.contextmanager
 def trimmed_tune_output() -> Iterator[None]:
     """While Tune runs: its classic reporter, no colour codes in worker log prefixes when stdout is not a terminal,
-    and no closing INFO line from `ray.tune.tune`."""
-    saved = {"RAY_AIR_NEW_OUTPUT": os.environ.get("RAY_AIR_NEW_OUTPUT")}
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    no closing INFO line from `ray.tune.tune` and no experiment-snapshot warning."""
+    # The snapshot warning tells Tune users to tune CheckpointConfig; here every epoch checkpoints by design.
+    quiet_env = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    saved = {k: os.environ.get(k) for k in quiet_env}
+    os.environ.update(quiet_env)
     plain_worker_logs()
     tune_log = logging.getLogger("ray.tune.tune")
     level = tune_log.level
