@@ -24,3 +24,18 @@ def make_checkpoint(d: Path, seed: int, name="resnet", train=None, **opts) -> st
     (d / CHECKPOINT_META).write_text(json.dumps({"model": {"name": name, **opts}, "channels": 1, "num_classes": 10,
                                                  "image_size": 28}))
     return str(d)
+
+
+def two_trial_job(root: Path, n: int, first_index: int):
+    """An engine job on two tiny trials (a ResNet and an Euler ODENet) and n random 28×28 images:
+    (trials, x, y, dataset indices)."""
+    import numpy as np
+
+    from advsweep.evaluation.engine import TrialRef
+
+    trials = [TrialRef("t0", make_checkpoint(root / "c0", 0, width=8, blocks=1)),
+              TrialRef("t1", make_checkpoint(root / "c1", 1, "odenet", width=8, solver="euler"))]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, size=n).astype(np.int64)
+    return trials, x, y, np.arange(first_index, first_index + n)

@@ -1,16 +1,15 @@
 """The sharded evaluation engine on real Ray actors: fault tolerance, idempotent reruns, determinism, bad input."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE, load_model
-from advsweep.evaluation.engine import TrialRef, evaluate
+from advsweep.evaluation.engine import evaluate
 from advsweep.evaluation.units import AttackConfig
 from advsweep.registry import SpecError
 from advsweep.storage.parquet import read_examples
-from checkpoints import make_checkpoint as _checkpoint
+from checkpoints import two_trial_job
 
 pytestmark = pytest.mark.slow
 ATTACKS = [AttackConfig("fgsm", "fgsm", (0.05, 0.1)), AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
@@ -20,13 +19,7 @@ N, SHARD = 48, 16
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
-    trials = [TrialRef("t0", _checkpoint(root / "c0", 0, width=8, blocks=1)),
-              TrialRef("t1", _checkpoint(root / "c1", 1, "odenet", width=8, solver="euler"))]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(N, 1, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, size=N).astype(np.int64)
-    index = np.arange(1000, 1000 + N)
-    return root, trials, x, y, index
+    return (root, *two_trial_job(root, N, 1000))
 
 
 def _run(out, job, **kw):

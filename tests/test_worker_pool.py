@@ -2,13 +2,12 @@
 import os
 import time
 
-import numpy as np
 import pytest
 
-from advsweep.evaluation.engine import TrialRef, WorkerPool, evaluate
+from advsweep.evaluation.engine import WorkerPool, evaluate
 from advsweep.evaluation.units import AttackConfig
 from advsweep.storage.parquet import read_examples
-from checkpoints import make_checkpoint
+from checkpoints import two_trial_job
 
 pytestmark = pytest.mark.slow
 ATTACKS = [AttackConfig("fgsm", "fgsm", (0.05, 0.1)), AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
@@ -17,13 +16,7 @@ N, SHARD = 32, 16
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pool")
-    trials = [TrialRef("t0", make_checkpoint(root / "c0", 0, width=8, blocks=1)),
-              TrialRef("t1", make_checkpoint(root / "c1", 1, "odenet", width=8, solver="euler"))]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(N, 1, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, size=N).astype(np.int64)
-    return trials, x, y, np.arange(500, 500 + N)
+    return two_trial_job(tmp_path_factory.mktemp("pool"), N, 500)
 
 
 def _rows(out):
