@@ -14,7 +14,6 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from advsweep.analysis.tables import trial_label
-from advsweep.registry import SpecError
+from advsweep.registry import SpecError, fraction_float
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_robustness, read_trials
 
@@ -34,12 +33,10 @@ AUTOATTACK_NAMES = ("autoattack",)  # attacks whose result RobustBench reports a
 
 def parse_eps(text: str | float) -> float:
     """An ε from the command line: a decimal (`0.031`) or a fraction (`8/255`)."""
-    if isinstance(text, (int, float)):
-        return float(text)
     try:
-        return float(Fraction(str(text).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise SpecError("--eps", f"{text!r} is not a number or a fraction such as 8/255") from None
+        return float(fraction_float(text.strip() if isinstance(text, str) else text))
+    except ValueError as exc:  # the same forms and message as an ε in a spec
+        raise SpecError("--eps", str(exc)) from None
 
 
 def eps_text(eps: float) -> str:

@@ -140,23 +140,11 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
     write_atomic(trials_table(trial_rows, out_dir), out_dir / "trials" / "part-0.parquet", sweep_id)
     if mlflow_uri:
         per_trial = attack_metrics(rob_rows)
-        names = {t: n for t, (n, _) in _trial_names(out_dir, trial_rows).items()}
         log_attack_results(mlflow_uri, [
             (row["mlflow_run_id"], stage_attack_params(row, attacks, skip), per_trial.get(row["trial_id"], {}),
-             trial_note(row.get("trial_name") or names.get(row["trial_id"], row["trial_id"]), row, per_trial.get(row["trial_id"], {})))
+             trial_note(row.get("trial_name") or row["trial_id"], row, per_trial.get(row["trial_id"], {})))
             for row in done if row.get("mlflow_run_id")])
     return counts
-
-
-def _trial_names(out_dir: Path, trial_rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """trial_id → (trial name, config name) from the sweep's spec (ids where the spec cannot be read)."""
-    from advsweep.spec import load_spec
-    from advsweep.sweep.summary import trial_names
-
-    try:
-        return trial_names(load_spec(Path(out_dir) / "spec.yaml"), trial_rows)
-    except (SpecError, OSError):
-        return {}
 
 
 def stage_attack_params(row: dict[str, Any], attacks: list[AttackConfig],

@@ -20,11 +20,15 @@ class Summary:
 
 
 def trial_names(spec, rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """trial_id → (trial name, config name), from the spec (not from Parquet columns)."""
+    """trial_id → (trial name, config name): the rows' own `trial_name`/`config_name` (written by the driver, added
+    to version 2 tables on read); the spec names a row only where they are missing."""
     from advsweep.spec import TrialConfig
 
     out = {}
     for r in rows:
+        if r.get("trial_name"):
+            out[r["trial_id"]] = (r["trial_name"], r.get("config_name") or r["trial_name"])
+            continue
         try:
             cfg = TrialConfig.model_validate(json.loads(r["config_json"]))
             out[r["trial_id"]] = spec.name_of(cfg)
