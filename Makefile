@@ -29,7 +29,7 @@ quickstart: install
 	$(VENV)/bin/advsweep run sweeps/quickstart.yaml   # writes runs/quickstart-<time>/
 
 test: install
-	$(VENV)/bin/python -m pytest -q -ra --durations=25 tests
+	$(VENV)/bin/python -m pytest -q -ra -n 2 --dist loadfile --durations=25 tests
 
 bench: install
 	$(VENV)/bin/python benchmarks/attack_throughput.py

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 import traceback
@@ -49,6 +50,22 @@ DIVERGENCE = (f"non-finite loss, loss > {BLOWUP_FACTOR:g} × ln(classes) or > {B
 
 # Ray logs "Checkpoint successfully created at: …" for every epoch's checkpoint; the sweep records them itself.
 logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
+def _drop_exit_in_finalisers() -> None:
+    """Ray stops a finished trial's actor with SIGTERM; its handler raises SystemExit, and when that lands inside a
+    garbage-collection callback Python prints "Exception ignored in: <WeakSet._remove>" with a traceback on the
+    driver's terminal. Only that shutdown case is dropped; every other unraisable exception is still printed."""
+    previous = sys.unraisablehook
+    if getattr(previous, "advsweep", False):  # a reused actor: already installed
+        return
+
+    def hook(info):
+        if not isinstance(info.exc_value, SystemExit):
+            previous(info)
+
+    hook.advsweep = True
+    sys.unraisablehook = hook
 
 
 class Diverged(Exception):
@@ -135,6 +152,7 @@ def names_of(ctx: dict[str, Any], cfg: TrialConfig) -> tuple[str, str]:
 
 
 def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.ndarray]) -> None:
+    _drop_exit_in_finalisers()
     cfg = TrialConfig.model_validate(config["trial"])
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
