@@ -4,9 +4,9 @@ examples written to the real hive layout, the robustness table by the engine's a
 advsweep.storage.parquet.trials_table.
 
 Models with known gradient-masking answers:
-  natural     MLP trained naturally                                       → ok
-  pgd_at      MLP trained with PGD-ℓ∞ (ε = 0.1) adversarial training      → ok
-  quantised   the natural recipe behind an input quantiser round(3x)/3; its derivative is 0 almost everywhere, so
+  natural     small ResNet (the zoo's `resnet`, width 16, 2 blocks) trained naturally        → ok
+  pgd_at      the same ResNet trained with PGD-ℓ∞ (ε = 0.1, 5 steps) adversarial training     → ok
+  quantised   an MLP behind an input quantiser round(3x)/3; its derivative is 0 almost everywhere, so
               every input gradient is exactly 0 (gradient masking by construction)              → masked
   collapsed   a trained MLP whose logits are 1e-3 × themselves + a fixed bias: one class for every input, small
               but non-zero gradients                                                             → flagged
@@ -26,6 +26,7 @@ from advsweep.evaluation.aggregate import robustness_table
 from advsweep.evaluation.shard import predict_logits, run_unit
 from advsweep.evaluation.stats import wilson_interval
 from advsweep.evaluation.units import AttackConfig, make_units
+from advsweep.models import build_model
 from advsweep.storage.parquet import example_file, read_examples, trial_rows, trials_table, write_atomic
 
 SWEEP_ID = "analysis-test"
@@ -55,6 +56,14 @@ class Collapse(nn.Module):
         return 1e-3 * self.model(x) + self.bias
 
 
+def small_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet", in_channels=1, num_classes=10, image_size=28, width=16, blocks=2)
+
+
+MODEL_NAMES = {"natural": "resnet", "pgd_at": "resnet", "quantised": "mlp", "collapsed": "mlp"}
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
 
@@ -80,8 +89,8 @@ def models(data, n_train: int) -> dict[str, nn.Module]:
     idx = stratified_subset(data.y_train, n_train, 0)
     x = torch.from_numpy(data.x_train[idx]).float() / 255
     y = torch.from_numpy(data.y_train[idx])
-    natural = train(mlp(), x, y, 4)
-    pgd_at = train(mlp(), x, y, 4, adv_eps=0.1)
+    natural = train(small_resnet(), x, y, 4)
+    pgd_at = train(small_resnet(), x, y, 4, adv_eps=0.1)
     quant = train(nn.Sequential(Quantise(), mlp()), x, y, 4)
     collapsed = Collapse(train(mlp(), x, y, 2, seed=1), 3).eval()
     return {"natural": natural, "pgd_at": pgd_at, "quantised": quant, "collapsed": collapsed}
@@ -90,7 +99,7 @@ def models(data, n_train: int) -> dict[str, nn.Module]:
 def build_sweep(out: Path, data_dir, n_train: int = 3000, n_test: int = 200, mlflow_uri: str | None = None,
                 attacks: list[AttackConfig] = ATTACKS) -> Path:
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small MLPs: a second thread only adds contention on a busy machine
+    torch.set_num_threads(1)  # small models: a second thread only adds contention on a busy machine
     try:
         return _build(out, data_dir, n_train, n_test, mlflow_uri, attacks)
     finally:
@@ -120,10 +129,10 @@ def _build(out, data_dir, n_train, n_test, mlflow_uri, attacks) -> Path:
         k = int((logits.argmax(1) == y).sum())
         lo, hi = wilson_interval(k, n_test)
         rows.append({"schema_version": "1", "sweep_id": SWEEP_ID, "trial_id": trial_id, "trial_index": i,
-                     "family": 0, "model_name": "mlp", "status": "completed", "epochs_completed": 4,
+                     "family": 0, "model_name": MODEL_NAMES[name], "status": "completed", "epochs_completed": 4,
                      "epochs_planned": 4, "n_test": n_test, "natural_acc": k / n_test, "natural_ci_low": lo,
                      "natural_ci_high": hi, "nfe_forward": 0.0, "mlflow_run_id": run_ids.get(name),
-                     "config": {"model.name": "mlp", "training.recipe.name": name}})
+                     "config": {"model.name": MODEL_NAMES[name], "training.recipe.name": name}})
     write_atomic(trials_table(rows), out / "trials" / "part-0.parquet", SWEEP_ID)
     write_atomic(robustness_table(read_examples(out), None, trial_rows(out)), out / "robustness" / "part-0.parquet",
                  SWEEP_ID)

@@ -35,15 +35,15 @@ def test_audit_verdicts_have_known_answers(real_sweep):
     audit = run_audit(load_sweep(real_sweep[0]))
     v = audit.verdicts.set_index("label")
     checks = audit.checks.set_index(["label", "check"])["status"]
-    assert v.loc["natural", "verdict"] == "ok", v.loc["natural"].to_dict()
-    assert v.loc["pgd_at", "verdict"] == "ok", v.loc["pgd_at"].to_dict()
-    assert v.loc["quantised", "verdict"] == "masked"
+    assert v.loc["resnet·natural", "verdict"] == "ok", v.loc["resnet·natural"].to_dict()
+    assert v.loc["resnet·pgd_at", "verdict"] == "ok", v.loc["resnet·pgd_at"].to_dict()
+    assert v.loc["mlp·quantised", "verdict"] == "masked"
     for check in ("zero_gradients", "blackbox_stronger", "minimal_success"):
-        assert checks[("quantised", check)] == "fail", check
-    assert checks[("collapsed", "collapsed")] == "fail"
-    assert v.loc["collapsed", "verdict"] != "ok"
-    assert checks[("natural", "gradient_agreement")] == "not_applicable"  # no ODE blocks
-    ev = audit.checks.set_index(["label", "check"]).loc[("quantised", "blackbox_stronger"), "evidence"]
+        assert checks[("mlp·quantised", check)] == "fail", check
+    assert checks[("mlp·collapsed", "collapsed")] == "fail"
+    assert v.loc["mlp·collapsed", "verdict"] != "ok"
+    assert checks[("resnet·natural", "gradient_agreement")] == "not_applicable"  # no ODE blocks
+    ev = audit.checks.set_index(["label", "check"]).loc[("mlp·quantised", "blackbox_stronger"), "evidence"]
     assert "broken only by square" in ev  # the numbers behind the verdict
 
 
@@ -54,9 +54,9 @@ def test_audit_without_black_box_or_large_eps_is_insufficient(tmp_path, real_swe
         shutil.rmtree(d)
     audit = run_audit(load_sweep(tmp_path / "s"))
     v = audit.verdicts.set_index("label")
-    assert v.loc["natural", "verdict"] == "insufficient evidence"
-    assert "sweeps/suites/masking_audit.yaml" in v.loc["natural", "summary"]
-    assert v.loc["quantised", "verdict"] == "masked"  # zero gradients alone suffice
+    assert v.loc["resnet·natural", "verdict"] == "insufficient evidence"
+    assert "sweeps/suites/masking_audit.yaml" in v.loc["resnet·natural", "summary"]
+    assert v.loc["mlp·quantised", "verdict"] == "masked"  # zero gradients alone suffice
 
 
 def test_audit_cli_writes_parquet_and_mlflow_runs(real_sweep):
@@ -65,10 +65,10 @@ def test_audit_cli_writes_parquet_and_mlflow_runs(real_sweep):
     sweep_dir, uri = real_sweep
     res = CliRunner().invoke(app, ["audit", str(sweep_dir)])
     assert res.exit_code == 0, res.output
-    assert "quantised: masked" in res.output
+    assert "mlp·quantised: masked" in res.output
     verdicts = duckdb.sql(f"SELECT label, verdict FROM read_parquet('{sweep_dir}/audit/verdicts.parquet') "
                           f"ORDER BY trial_index").fetchall()
-    assert verdicts[0] == ("natural", "ok") and verdicts[2] == ("quantised", "masked")
+    assert verdicts[0] == ("resnet·natural", "ok") and verdicts[2] == ("mlp·quantised", "masked")
     n_checks = duckdb.sql(f"SELECT count(*) FROM read_parquet('{sweep_dir}/audit/checks.parquet')").fetchall()[0][0]
     assert n_checks == 4 * 10
     client = MlflowClient(uri)
