@@ -32,6 +32,7 @@ class Node:
     name: str
     pgid: int
     resources: dict[str, float]
+    killed: bool = False
 
 
 @dataclass
@@ -83,7 +84,7 @@ class LoopbackCluster:
     def add_node(self, name: str, num_cpus: float = 1, resources: dict[str, float] | None = None) -> Node:
         node = self._start(name, ["--address", self.gcs_address, "--node-ip-address", "127.0.0.1"], num_cpus,
                            resources or {name: 1})
-        self.wait_for_nodes(len(self.nodes))
+        self.wait_for_nodes(sum(not n.killed for n in self.nodes))
         return node
 
     def alive_nodes(self) -> list[dict]:
@@ -104,7 +105,7 @@ class LoopbackCluster:
 
     def node_id_of(self, name: str) -> str:
         """Ray node id of a node started here, found by its distinct custom resource."""
-        node = next(n for n in self.nodes if n.name == name)
+        node = self._live(name)
         key = next(k for k in node.resources if k != "CPU")
         return next(n.node_id for n in self.alive_nodes() if key in (n.resources_total or {}))
 
@@ -114,10 +115,14 @@ class LoopbackCluster:
 
     def kill_node(self, name: str) -> int:
         """Kill that node's raylet (SIGKILL, by pid); Ray then declares the node dead. Returns the pid."""
-        node = next(n for n in self.nodes if n.name == name)
+        node = self._live(name)
         pid = next(p for p, c in self.pids(node) if c.strip() == "raylet")
         os.kill(pid, signal.SIGKILL)
+        node.killed = True  # a node of the same name may be started again (add_node)
         return pid
+
+    def _live(self, name: str) -> Node:
+        return next(n for n in reversed(self.nodes) if n.name == name and not n.killed)
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM every process group started here (workers first), then SIGKILL what is left."""

@@ -1,7 +1,8 @@
 """A real 2-node Ray cluster on loopback (two `ray start` nodes with distinct custom resources, dashboard on
 127.0.0.1, RAY_AUTH_MODE set explicitly), a real `mlflow server`, tiny Fashion-MNIST sweeps submitted through
 `advsweep submit` (Ray Jobs API): trials and attack units run on both nodes and the rows say where; MLflow holds every
-run; bad input is one line, exit 2, nothing submitted or written; losing the worker node mid-sweep loses nothing.
+run; bad input is one line, exit 2, nothing submitted or written; losing the worker node mid-training or
+mid-evaluation loses nothing.
 Every process started here is stopped by process group in the fixtures' teardown, also on failure."""
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 from advsweep.cluster import mlflow_server as ms
 from advsweep.cluster.jobs import TERMINAL, _info, connect, wait
 from advsweep.cluster.loopback import LoopbackCluster, free_port
-from advsweep.storage.parquet import read_examples, read_trials
+from advsweep.storage.parquet import read_epochs, read_examples, read_trials
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_spec import TINY_SPEC  # noqa: E402
@@ -174,6 +175,61 @@ def test_bad_input_is_one_line_and_submits_nothing(cluster, spec_file, tmp_path,
     # a job driver that connected, so the Jobs API can still list some of them).
     assert len(new) <= 2 and all(j.startswith("advsweep-preflight-") for j in new), new
     assert all(_info(client, j).status in TERMINAL for j in new), new
+
+
+def _actors_on(node_id: str, cluster) -> list[str]:
+    """Class names of the actors alive on that node (during training: Tune's trial actors, `ImplicitFunc`)."""
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(address=cluster.dashboard_url, filters=[("state", "=", "ALIVE")], detail=True)
+    except Exception:  # the state API is briefly unavailable while the job starts
+        return []
+    return [a.class_name for a in actors if a.node_id == node_id and a.class_name != "JobSupervisor"]
+
+
+def test_losing_the_worker_node_mid_training_loses_nothing(cluster, mlflow_url, tmp_path, fashion_available):
+    """Kills the worker node's raylet while a trial trains there; Tune retries that trial on the head from its last
+    checkpoint (FailureConfig max_failures=1). Then starts a worker node again for the next test."""
+    from mlflow.tracking import MlflowClient
+
+    spec = tmp_path / "longer.yaml"  # epochs long enough to kill one mid-training
+    spec.write_text(TINY_SPEC.replace("epochs: 2", "epochs: 6").replace("n_train: 256", "n_train: 1024"))
+    out = tmp_path / "train-fault"
+    sid = submit(cluster, spec, out, mlflow_url)
+    head, worker = cluster.node_id_of("head"), cluster.node_id_of("worker_node")
+    client = connect(cluster.dashboard_url)
+    try:
+        deadline = time.time() + 600
+        seen = set()
+        while not (on_worker := _actors_on(worker, cluster)):
+            seen.update(_actors_on(head, cluster))
+            assert time.time() < deadline, "no trial ever trained on the worker node"
+            assert client.get_job_status(sid).value not in TERMINAL, (seen, client.get_job_logs(sid)[-4000:])
+            time.sleep(0.5)
+        assert "ImplicitFunc" in on_worker, on_worker  # Tune's actor for a function trainable (train_trial)
+        time.sleep(3)  # let it report an epoch or two (a checkpoint to resume from)
+        assert not (out / "trials").exists(), "training had already ended"
+        cluster.kill_node("worker_node")
+        wait_ok(cluster, sid)
+    finally:
+        cluster.add_node("worker_node", num_cpus=1, resources={"worker_node": 1})
+
+    check_complete(out)
+    trials = read_trials(out).to_pylist()
+    assert [t["epochs_completed"] for t in trials] == [6, 6]
+    assert {t["node_id"] for t in trials} == {head}  # the trial that lost its node finished on the head
+    ep = read_epochs(out).to_pandas()
+    assert sorted(ep.groupby("trial_id")["epoch"].apply(list).map(sorted).tolist()) == [list(range(1, 7))] * 2
+    assert set(read_examples(out).column("node_id").to_pylist()) == {head}  # evaluation after the loss: head only
+
+    manifest = json.loads((out / "sweep.json").read_text())
+    mc = MlflowClient(tracking_uri=mlflow_url)
+    exp = mc.get_experiment_by_name(f"advsweep/{manifest['sweep_id']}")
+    runs = mc.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags.get("kind") for r in runs) == ["sweep", "trial", "trial"]  # one run per trial
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.run_id for r in runs if r.data.tags["kind"] == "trial"} == {t["mlflow_run_id"] for t in trials}
 
 
 def test_losing_the_worker_node_mid_evaluation_loses_nothing(cluster, mlflow_url, spec_file, tmp_path):
