@@ -60,7 +60,7 @@ def _local_sweep(sweep: str | Path) -> Path:
             raise SpecError(str(sweep), "not a sweep (no sweep.json there)")
         local = location.mirror(root)
     except OSError as exc:  # unknown bucket, no credentials
-        raise SpecError(str(sweep), f"cannot read it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise SpecError(str(sweep), f"cannot read it ({location.reason(exc)})") from None
     typer.echo(f"{sweep}: reading its local mirror {local}", err=True)
     return local
 

@@ -25,6 +25,7 @@ from typing import Union
 from advsweep.registry import SpecError
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+SOURCE = ".advsweep-source"  # in a local mirror: the URI it copies (its checkpoints are read from there)
 Location = Union[Path, str]
 
 
@@ -134,8 +135,13 @@ def check_writable(out: Location) -> None:
         fs, path = fs_path(probe)
         fs.delete_file(path)
     except Exception as exc:  # missing bucket or credentials, no permission, pyarrow without S3/GCS
-        raise SpecError("--out", f"{out}: cannot write there ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]})") from None
+        raise SpecError("--out", f"{out}: cannot write there ({reason(exc)})") from None
+
+
+def reason(exc: BaseException) -> str:
+    """The informative part of a storage error on one line (the SDK's error code and message when there is one)."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line[line.find('AWS Error'):] if 'AWS Error' in line else line}"[:240]
 
 
 def cache_dir(uri: str) -> Path:
@@ -154,6 +160,7 @@ def pull(uri: Location, local: Path, skip: tuple[str, ...] = ("ray/",)) -> Path:
 
     fs, path = fs_path(uri)
     local.mkdir(parents=True, exist_ok=True)
+    (local / SOURCE).write_text(str(uri))
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
         rel = info.path[len(path):].lstrip("/")
         if info.type != pafs.FileType.File or rel.startswith(skip) or posixpath.basename(rel).startswith("."):
@@ -163,6 +170,14 @@ def pull(uri: Location, local: Path, skip: tuple[str, ...] = ("ray/",)) -> Path:
             continue
         write_bytes(dest, read_bytes(join(uri, rel)))
     return local
+
+
+def checkpoint_root(sweep: Location) -> Location:
+    """Where a sweep's stored checkpoint paths resolve: the sweep itself, or the URI that a local mirror copies."""
+    if is_remote(sweep):
+        return sweep
+    source = Path(sweep) / SOURCE
+    return source.read_text().strip() if source.is_file() else sweep
 
 
 def mirror(uri: Location) -> Path:

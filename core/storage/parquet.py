@@ -202,12 +202,13 @@ def trial_rows(out_dir: str | Path) -> list[dict[str, Any]]:
     stored relative paths resolved against `out_dir`."""
     rows = []
     table = read_trials(out_dir)
+    roots = {k: L.checkpoint_root(out_dir) if k == "checkpoint" else out_dir for k in S.PATH_COLUMNS}
     keys = {f.name: S.config_key(f) for f in table.schema if S.config_key(f) is not None}
     for r in table.to_pylist():
         config = {keys[k]: r.pop(k) for k in list(r) if k in keys}
         r["config"] = {k: v for k, v in config.items() if v is not None}
         for k in S.PATH_COLUMNS:
-            r[k] = L.resolve(out_dir, r.get(k))
+            r[k] = L.resolve(roots[k], r.get(k))
         rows.append(r)
     return rows
 

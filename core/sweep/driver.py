@@ -21,7 +21,7 @@ from advsweep.storage import schema as S
 from advsweep.storage import location, tracking
 from advsweep.storage.manifest import MANIFEST, read_manifest, write_manifest
 from advsweep.storage.parquet import trials_table, write_atomic
-from advsweep.storage.tracking import (CLIENT_ENV, SweepTracker, embedded_uri, finalize_trial_runs, probe,
+from advsweep.storage.tracking import (CLIENT_ENV, EMBEDDED, SweepTracker, embedded_uri, finalize_trial_runs, probe,
                                        resolve_tracking_uri, runtime_uri, stored_uri, use_short_retries)
 from advsweep.sweep.cluster_checks import check_cluster_resources, check_reachable
 from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
@@ -194,6 +194,9 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     if manifest is not None and str(manifest.get("schema_version", SCHEMA_VERSION)) != SCHEMA_VERSION:
         raise SpecError(str(out), f"written by advsweep schema version {manifest['schema_version']}; it can be "
                                   f"analysed but not resumed by schema version {SCHEMA_VERSION}")
+    if location.is_remote(root) and not mlflow_uri and (manifest or {}).get("mlflow_uri", EMBEDDED) == EMBEDDED:
+        raise SpecError("--mlflow-uri", f"an output at {root} cannot hold MLflow's sqlite store: pass the tracking "
+                                        "server every node reaches (advsweep mlflow-server prints its URI)")
     data = prepare_data(spec)  # validates the data section before anything is written
     if manifest is not None:
         saved = location.load_npz(location.join(root, "subsets.npz"))
@@ -201,9 +204,6 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
             raise SpecError(str(location.join(root, "subsets.npz")), "the dataset no longer gives this sweep's subsets")
     use_short_retries()
     stored = manifest.get("mlflow_uri") if manifest else None
-    if location.is_remote(root) and not mlflow_uri and (stored in (None, tracking.EMBEDDED)):
-        raise SpecError("--mlflow-uri", f"an output at {root} cannot hold MLflow's sqlite store: pass the tracking "
-                                        "server every node reaches (advsweep mlflow-server prints its URI)")
     uri = check_tracking(mlflow_uri or runtime_uri(stored, out) or resolve_tracking_uri(None, out), mlflow_fallback, out)
     env = {**CLIENT_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     init_ray(address, env)
