@@ -191,12 +191,12 @@ def _run(s, out_dir: Path | str, address, mlflow_uri, mlflow_fallback, resume: b
     _print_results(load_results(o), title=f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials "
                                           f"completed ({states})")
     typer.echo("")
-    if loc != str(o):
-        from advsweep.storage.location import join
+    from advsweep.storage.location import join, root
 
+    if loc != str(o):
         typer.echo(f"  Stored    {loc}  (checkpoints under {join(loc, 'ray')})")
         typer.echo(f"  Mirror    {o}  (tables, plots; `advsweep show {loc}` refreshes it)")
-    typer.echo(f"  Parquet   {o / 'trials'}  {o / 'examples'}  {o / 'robustness'}  {o / 'epochs'}")
+    typer.echo("  Parquet   " + "  ".join(str(join(root(loc), t)) for t in ("trials", "examples", "robustness", "epochs")))
     typer.echo(f"  MLflow    {result.mlflow_uri}  (experiment advsweep/{result.sweep_id})")
     if result.mlflow_uri.startswith("sqlite:"):
         typer.echo(f"            UI: mlflow ui --backend-store-uri {result.mlflow_uri} --host 127.0.0.1 --port 5000")
