@@ -57,11 +57,19 @@ def join(base: Location, *parts: str) -> Location:
     return Path(base).joinpath(*parts)
 
 
+ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def endpoint_env() -> dict[str, str]:
+    """The S3 endpoint variables set here, for Ray workers' runtime_env (credentials are never passed on)."""
+    return {k: os.environ[k] for k in ENDPOINT_VARS if os.environ.get(k)}
+
+
 @lru_cache(maxsize=16)
 def _filesystem(scheme: str, bucket: str, query: str):
     from pyarrow import fs as pafs
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = next((os.environ[k] for k in ENDPOINT_VARS if os.environ.get(k)), None)
     if scheme == "s3" and endpoint and "endpoint_override" not in query:
         return pafs.S3FileSystem(endpoint_override=endpoint)
     return pafs.FileSystem.from_uri(f"{scheme}://{bucket}/" + (f"?{query}" if query else ""))[0]

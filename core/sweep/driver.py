@@ -121,6 +121,7 @@ def init_ray(address: str | None, env: dict[str, str]) -> str:
 
     if ray.is_initialized():
         return "ray: already initialised"
+    env = {**location.endpoint_env(), **env}  # an S3 endpoint other than AWS reaches every worker; credentials do not
     runtime_env = {"env_vars": env}
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
