@@ -196,7 +196,8 @@ def _run(s, out_dir: Path | str, address, mlflow_uri, mlflow_fallback, resume: b
     if loc != str(o):
         typer.echo(f"  Stored    {loc}  (checkpoints under {join(loc, 'ray')})")
         typer.echo(f"  Mirror    {o}  (tables, plots; `advsweep show {loc}` refreshes it)")
-    typer.echo("  Parquet   " + "  ".join(str(join(root(loc), t)) for t in ("trials", "examples", "robustness", "epochs")))
+    tables = ("trials", "examples", "robustness", "epochs")
+    typer.echo("  Parquet   " + "  ".join(str(join(root(loc), t)) for t in tables))
     typer.echo(f"  MLflow    {result.mlflow_uri}  (experiment advsweep/{result.sweep_id})")
     if result.mlflow_uri.startswith("sqlite:"):
         typer.echo(f"            UI: mlflow ui --backend-store-uri {result.mlflow_uri} --host 127.0.0.1 --port 5000")

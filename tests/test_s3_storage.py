@@ -16,10 +16,12 @@ from pyarrow import fs as pafs
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_spec import TINY_SPEC  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a server and CLI subprocesses (the end-to-end test starts Ray)
 BIN = Path(sys.executable).parent
 BUCKET = "advsweep-test"
 # the tiny spec without PGD and the monitor: fgsm × 2 ε
-SPEC = TINY_SPEC.replace("  - {name: pgd, eps: [0.1], steps: 3}\n", "").replace("monitor: {eps: 0.1, steps: 2, n: 32}\n", "")
+SPEC = (TINY_SPEC.replace("  - {name: pgd, eps: [0.1], steps: 3}\n", "")
+        .replace("monitor: {eps: 0.1, steps: 2, n: 32}\n", ""))
 N_TEST, N_TRIALS, N_EPOCHS, N_ATTACK_EPS = 60, 2, 2, 2
 
 
@@ -69,7 +71,8 @@ def test_bad_output_uri_fails_with_one_line_and_writes_nothing(s3, tmp_path):
     r = _advsweep(env, "run", str(spec), "--out", "s3://no-such-bucket/sweep", "--mlflow-uri",
                   f"sqlite:///{tmp_path / 'm.db'}", timeout=120)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("advsweep: error: --out") and "no-such-bucket" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("advsweep: error: --out")
+    assert "no-such-bucket" in r.stderr and "NO_SUCH_BUCKET" in r.stderr
     r = _advsweep(env, "run", str(spec), "--out", f"s3://{BUCKET}/no-mlflow", timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "--mlflow-uri" in r.stderr
@@ -82,7 +85,6 @@ def test_bad_output_uri_fails_with_one_line_and_writes_nothing(s3, tmp_path):
         submit(spec, "http://127.0.0.1:1", f"s3://{BUCKET}/job")
 
 
-@pytest.mark.slow
 def test_sweep_on_s3_end_to_end_then_copied_and_analysed_locally(s3, tmp_path, fashion_available):
     fs, env = s3
     spec = tmp_path / "tiny.yaml"

@@ -112,7 +112,8 @@ def read_bytes(target: Location) -> bytes:
 
 
 def write_bytes(target: Location, data: bytes) -> None:
-    """Write a whole file: locally via a hidden temp name + rename, remotely as one object (visible only once complete)."""
+    """Write a whole file: locally via a hidden temp name + rename, remotely as one object (visible only once
+    complete)."""
     if is_remote(target):
         fs, path = fs_path(target)
         with fs.open_output_stream(path) as f:

@@ -190,19 +190,19 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     out = root if not location.is_remote(root) else location.cache_dir(str(root))
     manifest = read_manifest(root) if resume else None
     if manifest is not None and manifest.get("spec_digest") != spec.digest:
-        raise SpecError(str(spec_path or "SPEC"), f"differs from the spec {out} was started with; "
-                                                  f"resume it with `advsweep resume {out}`")
+        raise SpecError(str(spec_path or "SPEC"), f"differs from the spec {root} was started with; "
+                                                  f"resume it with `advsweep resume {root}`")
     if manifest is not None and str(manifest.get("schema_version", SCHEMA_VERSION)) != SCHEMA_VERSION:
-        raise SpecError(str(out), f"written by advsweep schema version {manifest['schema_version']}; it can be "
+        raise SpecError(str(root), f"written by advsweep schema version {manifest['schema_version']}; it can be "
                                   f"analysed but not resumed by schema version {SCHEMA_VERSION}")
     if location.is_remote(root) and not mlflow_uri and (manifest or {}).get("mlflow_uri", EMBEDDED) == EMBEDDED:
         raise SpecError("--mlflow-uri", f"an output at {root} cannot hold MLflow's sqlite store: pass the tracking "
                                         "server every node reaches (advsweep mlflow-server prints its URI)")
     data = prepare_data(spec)  # validates the data section before anything is written
     if manifest is not None:
-        saved = location.load_npz(location.join(root, "subsets.npz"))
-        if not np.array_equal(saved["test_index"], data["test_index"]):
-            raise SpecError(str(location.join(root, "subsets.npz")), "the dataset no longer gives this sweep's subsets")
+        subsets = location.join(root, "subsets.npz")
+        if not np.array_equal(location.load_npz(subsets)["test_index"], data["test_index"]):
+            raise SpecError(str(subsets), "the dataset no longer gives this sweep's subsets")
     use_short_retries()
     stored = manifest.get("mlflow_uri") if manifest else None
     uri = check_tracking(mlflow_uri or runtime_uri(stored, out) or resolve_tracking_uri(None, out), mlflow_fallback, out)
