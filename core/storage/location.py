@@ -161,8 +161,8 @@ def cache_dir(uri: str) -> Path:
 
 
 def pull(uri: Location, local: Path, skip: tuple[str, ...] = ("ray/",)) -> Path:
-    """Bring `local` up to date with the remote sweep `uri` (files new or changed in size); checkpoints under
-    `ray/` stay remote. A local sweep is its own mirror and is returned as is."""
+    """Bring `local` up to date with the remote sweep `uri` (files new, or changed in size or modification time);
+    checkpoints under `ray/` stay remote. A local sweep is its own mirror and is returned as is."""
     if not is_remote(uri):
         return Path(uri)
     from pyarrow import fs as pafs
@@ -174,10 +174,13 @@ def pull(uri: Location, local: Path, skip: tuple[str, ...] = ("ray/",)) -> Path:
         rel = info.path[len(path):].lstrip("/")
         if info.type != pafs.FileType.File or rel.startswith(skip) or posixpath.basename(rel).startswith("."):
             continue
-        dest = local / rel
-        if dest.is_file() and dest.stat().st_size == info.size:
+        dest, mtime = local / rel, info.mtime.timestamp() if info.mtime else None
+        st = dest.stat() if dest.is_file() else None
+        if st and mtime is not None and st.st_size == info.size and int(st.st_mtime) == int(mtime):
             continue
         write_bytes(dest, read_bytes(join(uri, rel)))
+        if mtime is not None:
+            os.utime(dest, (mtime, mtime))  # the next pull compares size and modification time
     return local
 
 
