@@ -23,6 +23,7 @@ import pandas as pd
 from advsweep.analysis.tables import trial_label
 from advsweep.registry import SpecError, fraction_float
 from advsweep.storage import schema as S
+from advsweep.storage.location import checkpoint_root, resolve
 from advsweep.storage.parquet import read_robustness, read_trials
 
 FORMATS = ("table", "csv", "json")
@@ -145,8 +146,8 @@ def load_results(sweep_dir: str | Path, attacks: list[str] | None = None, eps: f
         "nfe_forward": trials["nfe_forward"] if "nfe_forward" in trials else np.nan,
         "n_test": trials["n_test"] if "n_test" in trials else np.nan,
         "model_name": trials["model_name"].astype(str),
-        "checkpoint": [(c if Path(c).is_absolute() else str((sweep_dir / c).resolve())) if isinstance(c, str) and c
-                       else None for c in trials["checkpoint"]],
+        "checkpoint": [resolve(checkpoint_root(sweep_dir), c) if isinstance(c, str) and c else None
+                       for c in trials["checkpoint"]],
         "config_json": trials["config_json"] if "config_json" in trials else None,
         "error": trials["error"] if "error" in trials else None,
     })

@@ -185,9 +185,9 @@ def submit(spec_file: str | Path, address: str | None, out: str, *, mlflow_uri: 
 
     spec = load_spec(spec_file)
     scheme, out = split_output(out)
-    if scheme != "file":
-        raise SpecError("--out", f"{out}: `advsweep run` writes the sweep through the local filesystem; mount the "
-                                 "bucket at the same path on every node (s3fs, gcsfuse) and pass that path")
+    if scheme != "file" and not mlflow_uri:
+        raise SpecError("--mlflow-uri", f"an output at {out} cannot hold MLflow's sqlite store: pass the tracking "
+                                        "server every node reaches (advsweep mlflow-server prints its URI)")
     client = connect(address)
     sid = submission_id(spec.name, spec.digest, out)
     existing = _info(client, sid, missing_ok=True)

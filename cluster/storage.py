@@ -14,7 +14,7 @@ from typing import Any
 
 from advsweep.registry import SpecError
 
-REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+from advsweep.storage.location import REMOTE_SCHEMES
 
 
 def split_output(out: str) -> tuple[str, str]:
@@ -43,7 +43,9 @@ def filesystem(out: str):
     if scheme == "file":
         return pafs.LocalFileSystem(), path
     try:
-        return pafs.FileSystem.from_uri(path)
+        from advsweep.storage.location import fs_path
+
+        return fs_path(path)  # the filesystem the sweep itself writes through (same endpoint and credentials)
     except Exception as exc:  # missing credentials, unknown bucket, pyarrow built without S3/GCS
         raise SpecError("--out", f"{out}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
 

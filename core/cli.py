@@ -47,6 +47,24 @@ _QUIET = typer.Option(False, "--quiet", "-q", help="no progress output: only the
 _VERBOSE = typer.Option(False, "--verbose", "-v", help="one line per evaluation unit instead of a progress bar")
 
 
+def _local_sweep(sweep: str | Path) -> Path:
+    """A sweep to read: its directory, or for a URI (s3://…) a local mirror of its tables and metadata (not its
+    checkpoints), brought up to date first; files the command writes by default go into that mirror."""
+    from advsweep.storage import location
+
+    root = location.root(sweep)
+    if not location.is_remote(root):
+        return root
+    try:
+        if not location.exists(location.join(root, "sweep.json")):
+            raise SpecError(str(sweep), "not a sweep (no sweep.json there)")
+        local = location.mirror(root)
+    except OSError as exc:  # unknown bucket, no credentials
+        raise SpecError(str(sweep), f"cannot read it ({location.reason(exc)})") from None
+    typer.echo(f"{sweep}: reading its local mirror {local}", err=True)
+    return local
+
+
 def _output(quiet: bool, verbose: bool) -> str:
     if quiet and verbose:
         _fail(SpecError("--quiet", "--quiet and --verbose exclude each other"))
@@ -91,7 +109,8 @@ MLFLOW_FALLBACK_HELP = "if the tracking server does not answer: `local` logs to 
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="new, empty output directory (default runs/<name>-<time>)"),
+    out: Optional[str] = typer.Option(None, "--out", help="new, empty output directory or URI (s3://bucket/prefix, "
+                                      "gs://…; default runs/<name>-<time>)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", envvar="MLFLOW_TRACKING_URI",
                                              help="MLflow tracking server (default: sqlite store in the output dir)"),
@@ -111,7 +130,9 @@ def run(
         s = load_spec(spec)
         if resume and out is None:
             raise SpecError("--out", "--resume needs the sweep directory to continue")
-        out_dir = (out or Path("runs") / f"{s.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}").resolve()
+        from advsweep.storage.location import root
+
+        out_dir = root(out or Path("runs") / f"{s.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     except SpecError as exc:
         _fail(exc)
     _run(s, out_dir, address, mlflow_uri, mlflow_fallback, resume, spec, output=output, workers=workers,
@@ -120,7 +141,7 @@ def run(
 
 @app.command()
 def resume(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory (interrupted, killed or crashed)"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI (interrupted, killed or crashed)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="tracking server (default: the sweep's own)"),
     mlflow_fallback: Optional[str] = typer.Option(None, "--mlflow-fallback", help=MLFLOW_FALLBACK_HELP),
@@ -130,20 +151,22 @@ def resume(
     verbose: bool = _VERBOSE,
 ) -> None:
     """Continue a sweep where it stopped: finished trials and evaluation units are kept, the rest continues."""
-    from advsweep.spec import load_spec
+    from advsweep.storage.location import join, root
     from advsweep.storage.manifest import read_manifest
+    from advsweep.sweep.evaluate import load_sweep_spec
 
     output = _output(quiet, verbose)
     try:
-        read_manifest(sweep_dir)
-        s = load_spec(sweep_dir / "spec.yaml")
+        sweep = root(sweep_dir)
+        read_manifest(sweep)
+        s = load_sweep_spec(sweep)
     except SpecError as exc:
         _fail(exc)
-    _run(s, sweep_dir.resolve(), address, mlflow_uri, mlflow_fallback, True, sweep_dir / "spec.yaml", output=output,
+    _run(s, sweep, address, mlflow_uri, mlflow_fallback, True, join(sweep, "spec.yaml"), output=output,
          workers=workers, plots=not no_plots)
 
 
-def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, spec_path, *, output: str = "bar",
+def _run(s, out_dir: Path | str, address, mlflow_uri, mlflow_fallback, resume: bool, spec_path, *, output: str = "bar",
          workers: Optional[int] = None, plots: bool = True) -> None:
     from advsweep.sweep.driver import run_sweep
     from advsweep.sweep.tune_output import plain_worker_logs
@@ -156,19 +179,25 @@ def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, s
                            mlflow_fallback=mlflow_fallback, output=output, workers=workers, make_plots=plots)
     except SpecError as exc:
         _fail(exc)
-    o = result.out_dir
+    o, loc = result.out_dir, result.location or str(result.out_dir)
     typer.echo("")
     states = ", ".join(f"{v} {k}" for k, v in result.by_status.items())
     if result.status == "interrupted":
         typer.echo(f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials completed ({states})")
-        typer.echo(f"  interrupted: continue with  advsweep resume {o}")
+        typer.echo(f"  interrupted: continue with  advsweep resume {loc}")
         raise typer.Exit(130)
     from advsweep.analysis.summary import load_results
 
     _print_results(load_results(o), title=f"sweep {result.sweep_id}: {result.n_completed}/{result.n_trials} trials "
                                           f"completed ({states})")
     typer.echo("")
-    typer.echo(f"  Parquet   {o / 'trials'}  {o / 'examples'}  {o / 'robustness'}  {o / 'epochs'}")
+    from advsweep.storage.location import join, root
+
+    if loc != str(o):
+        typer.echo(f"  Stored    {loc}  (checkpoints under {join(loc, 'ray')})")
+        typer.echo(f"  Mirror    {o}  (tables, plots; `advsweep show {loc}` refreshes it)")
+    tables = ("trials", "examples", "robustness", "epochs")
+    typer.echo("  Parquet   " + "  ".join(str(join(root(loc), t)) for t in tables))
     typer.echo(f"  MLflow    {result.mlflow_uri}  (experiment advsweep/{result.sweep_id})")
     if result.mlflow_uri.startswith("sqlite:"):
         typer.echo(f"            UI: mlflow ui --backend-store-uri {result.mlflow_uri} --host 127.0.0.1 --port 5000")
@@ -183,7 +212,7 @@ def _run(s, out_dir: Path, address, mlflow_uri, mlflow_fallback, resume: bool, s
     if plots:
         typer.echo(f"  Frontiers {o / 'frontier'}")
     typer.echo(f"  Query     duckdb -c \"SELECT * FROM read_parquet('{o}/robustness/*.parquet')\"")
-    typer.echo(f"  Results   advsweep show {o}   (--format csv|json; advsweep best {o} --attack A --eps E)")
+    typer.echo(f"  Results   advsweep show {loc}   (--format csv|json; advsweep best {loc} --attack A --eps E)")
     if result.n_completed < result.n_trials:
         raise typer.Exit(1)
 
@@ -241,7 +270,7 @@ def runs(
 
 @app.command()
 def frontier(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/frontier)"),
 ) -> None:
     """Pareto fronts of (natural, robust) accuracy per attack × ε: a PNG each, plus front.csv/front.parquet."""
@@ -250,6 +279,7 @@ def frontier(
     from advsweep.storage.manifest import require_results
 
     try:
+        sweep_dir = _local_sweep(sweep_dir)
         require_results(sweep_dir)
         files = write_frontiers(sweep_dir, out)
         table = compute_fronts(load_points(sweep_dir))
@@ -266,7 +296,7 @@ def frontier(
 
 @app.command("eval")
 def eval_(
-    sweep_dir: Path = typer.Argument(..., help="a finished sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a finished sweep's output directory or URI"),
     suite: Path = typer.Option(..., "--suite", help="attack suite (YAML: attacks, eval, resources)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri",
@@ -288,13 +318,15 @@ def eval_(
     from advsweep.sweep.evaluate import attack_configs, check_evaluation, load_sweep_data, run_evaluation_stage, trial_rows_from_table
     from advsweep.sweep.tune_output import plain_worker_logs
 
+    from advsweep.storage import location
+
     output = _output(quiet, verbose)
     try:
         from advsweep.storage.manifest import require_results
         from advsweep.storage.tracking import runtime_uri
 
         s = load_suite(suite)
-        sweep_dir = sweep_dir.resolve()
+        sweep_dir = location.root(sweep_dir)  # a directory, or a URI: workers write shards there from every node
         require_results(sweep_dir)
         manifest, data = load_sweep_data(sweep_dir)
         rows = trial_rows_from_table(sweep_dir)
@@ -312,12 +344,14 @@ def eval_(
                                                                                      sweep_dir),
                                       s.resources.cpu,
                                       s.resources.gpu, workers, skip=skip, output=output)
+        local = location.mirror(sweep_dir)
         files = []
         if not no_plots and any(r["status"] == "completed" for r in rows):
             from advsweep.analysis.frontier import write_frontiers
 
-            files = write_frontiers(sweep_dir)
-        res = load_results(sweep_dir, attacks=[a.label for a in attacks])
+            files = write_frontiers(local)
+            location.push(local, sweep_dir, "frontier")
+        res = load_results(local, attacks=[a.label for a in attacks])
     except SpecError as exc:
         _fail(exc)
     if chosen is not None:
@@ -325,9 +359,9 @@ def eval_(
     typer.echo("")
     _print_results(res, title=f"{counts['ran']} of {counts['units']} units run ({counts['resubmitted']} resubmitted)")
     typer.echo("")
-    typer.echo(f"  Parquet   {sweep_dir / 'examples'}  {sweep_dir / 'robustness'}")
+    typer.echo(f"  Parquet   {location.join(sweep_dir, 'examples')}  {location.join(sweep_dir, 'robustness')}")
     if files:
-        typer.echo(f"  Frontiers {sweep_dir / 'frontier'}")
+        typer.echo(f"  Frontiers {location.join(sweep_dir, 'frontier')}")
     typer.echo(f"  Results   advsweep show {sweep_dir}")
 
 
@@ -335,13 +369,13 @@ def _index_of(rows: list[dict], trial_id: str):
     return next((r.get("trial_index") for r in rows if r["trial_id"] == trial_id), None)
 
 
-def _chosen_trials(sweep_dir: Path, trials: Optional[str]) -> Optional[list[str]]:
+def _chosen_trials(sweep_dir: Path | str, trials: Optional[str]) -> Optional[list[str]]:
     """Trial ids named by `--trials` (names, ids or indices); None for every trial. Unknown names fail (exit 2)."""
     if trials is None:
         return None
     from advsweep.analysis.summary import load_results
 
-    table = load_results(sweep_dir).trials
+    table = load_results(_local_sweep(sweep_dir)).trials
     done = table[table["status"] == "completed"]
     chosen = []
     for ref in [t.strip() for t in trials.split(",") if t.strip()]:
@@ -401,7 +435,7 @@ def compare(
 
 @app.command()
 def audit(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/audit)"),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="also log each verdict on its trial's MLflow run"),
 ) -> None:
@@ -411,7 +445,7 @@ def audit(
     from advsweep.analysis.tables import load_sweep
 
     try:
-        sweep = load_sweep(sweep_dir)
+        sweep = load_sweep(_local_sweep(sweep_dir))
         result = run_audit(sweep)
         files = write_audit(sweep, result, out, mlflow=mlflow)
     except SpecError as exc:
@@ -427,7 +461,7 @@ def audit(
 
 @app.command()
 def report(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/report)"),
     resamples: int = typer.Option(1000, "--resamples", min=0, help="bootstrap resamples of the test examples"),
     seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
@@ -438,6 +472,10 @@ def report(
 
     from advsweep.analysis.report import PHASES, build_report
 
+    try:
+        sweep_dir = _local_sweep(sweep_dir)
+    except SpecError as exc:
+        _fail(exc)
     with tqdm(total=len(PHASES), desc="report", unit="phase", leave=False, delay=1.0) as bar:
         def step(stage: str) -> None:
             bar.set_postfix_str(stage)
@@ -459,10 +497,11 @@ def report(
 _FORMAT = typer.Option("table", "--format", help="table (rich on a terminal, aligned text otherwise), csv or json")
 
 
-def _finished_results(sweep_dir: Path, attack: Optional[str], eps: Optional[str], ensemble: bool = False):
+def _finished_results(sweep_dir: Path | str, attack: Optional[str], eps: Optional[str], ensemble: bool = False):
     from advsweep.analysis.summary import load_results, parse_eps
     from advsweep.storage.manifest import require_results
 
+    sweep_dir = _local_sweep(sweep_dir)
     require_results(sweep_dir)
     attacks = [a.strip() for a in attack.split(",") if a.strip()] if attack else None
     return load_results(sweep_dir, attacks, parse_eps(eps) if eps is not None else None, ensemble)
@@ -470,7 +509,7 @@ def _finished_results(sweep_dir: Path, attack: Optional[str], eps: Optional[str]
 
 @app.command()
 def show(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     attack: Optional[str] = typer.Option(None, "--attack", help="only these attack labels (comma-separated; "
                                                                "`ensemble`: the per-example worst case)"),
     eps: Optional[str] = typer.Option(None, "--eps", help="only this ε (0.1 or 8/255)"),
@@ -495,7 +534,7 @@ def show(
 
 @app.command()
 def best(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     attack: str = typer.Option(..., "--attack", help="attack label, e.g. pgd"),
     eps: str = typer.Option(..., "--eps", help="ε (0.1 or 8/255)"),
     min_natural: Optional[float] = typer.Option(None, "--min-natural", min=0.0, max=1.0,
@@ -574,7 +613,8 @@ _JOBS_ADDRESS = typer.Option(None, "--address", envvar="RAY_API_SERVER_ADDRESS",
 def submit(
     spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
     address: Optional[str] = _JOBS_ADDRESS,
-    out: str = typer.Option(..., "--out", help="absolute path mounted at the same place on every node"),
+    out: str = typer.Option(..., "--out", help="URI every node writes (s3://bucket/prefix, gs://…) or an absolute "
+                                               "path mounted at the same place on every node"),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="tracking server every node reaches "
                                              "(`advsweep mlflow-server`); default: sqlite in the output dir"),
     python: str = typer.Option("python", "--python", help="interpreter with advsweep installed on the head"),

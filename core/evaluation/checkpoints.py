@@ -14,8 +14,9 @@ CHECKPOINT_META = "meta.json"
 
 def load_model(checkpoint_dir: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     from advsweep.models import build_model
+    from advsweep.storage.location import local_copy
 
-    d = Path(checkpoint_dir)
+    d = local_copy(checkpoint_dir)  # a checkpoint on remote storage (s3://…) is downloaded once per process
     state_file, meta_file = d / CHECKPOINT_STATE, d / CHECKPOINT_META
     for f in (state_file, meta_file):
         if not f.is_file():

@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from advsweep.evaluation.units import AttackConfig, Unit, make_units, shard_bounds
+from advsweep.storage import location
 from advsweep.storage.parquet import example_file
 
 MAX_ATTEMPTS = 3  # per unit, for failures of the actor process (not for bugs: those raise at once)
@@ -135,7 +136,7 @@ def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[Att
     units = [u for t in trials for u in make_units(t.trial_id, attacks, n, shard_size, t.index)
              if (u.trial_id, u.attack.label) not in skip]
     todo = [u for u in units
-            if not all(example_file(out_dir, u.trial_id, u.attack.label, e, u.shard).exists() for e in u.eps)]
+            if not all(location.exists(example_file(out_dir, u.trial_id, u.attack.label, e, u.shard)) for e in u.eps)]
     return units, todo
 
 
@@ -154,7 +155,7 @@ class WorkerPool:
                  crash_marker: str | None = None):
         import ray
 
-        self.out_dir, self.sweep_id = str(Path(out_dir).resolve()), sweep_id
+        self.out_dir, self.sweep_id = str(location.root(out_dir)), sweep_id
         self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
         self.threads = int(max(1, cpus_per_worker))
         self.nice = nice if background else 0
@@ -227,7 +228,7 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     parallel and would only add its start-up."""
     import ray
 
-    out_dir = str(Path(out_dir).resolve())
+    out_dir = str(location.root(out_dir))
     units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
     if not todo:
         return {"units": len(units), "ran": 0, "resubmitted": 0}

@@ -12,21 +12,30 @@ from pathlib import Path
 from typing import Any
 
 from advsweep.registry import SpecError
+from advsweep.storage import location as L
 
 MANIFEST = "sweep.json"
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    f = Path(out_dir) / MANIFEST
-    if not f.is_file():
-        raise SpecError(str(out_dir), f"not a sweep directory (no {MANIFEST})")
+    f = L.join(out_dir, MANIFEST)
     try:
-        return json.loads(f.read_text())
+        text = L.read_bytes(f)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise SpecError(str(out_dir), f"not a sweep directory (no {MANIFEST})") from None
+    except OSError as exc:  # a remote store that refuses (unknown bucket, no credentials)
+        raise SpecError(str(out_dir), f"cannot read {MANIFEST} ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0][:200]})") from None
+    try:
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(str(f), f"unreadable manifest ({exc})") from None
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
+    if L.is_remote(out_dir):
+        L.write_bytes(L.join(out_dir, MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
+        return
     out = Path(out_dir)
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
@@ -36,7 +45,7 @@ def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
 def require_results(out_dir: str | Path) -> dict[str, Any]:
     """The manifest of a sweep whose results are complete; else one line pointing at resume (readers call this)."""
     manifest = read_manifest(out_dir)
-    if not list((Path(out_dir) / "trials").glob("*.parquet")):
+    if not any(f.endswith(".parquet") for f in L.list_files(L.join(out_dir, "trials"))):
         raise SpecError(str(out_dir), f"has no trials table (sweep state: {manifest.get('status')}); "
                                       f"finish it with: advsweep resume {out_dir}")
     if manifest.get("status") != "finished":

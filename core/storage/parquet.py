@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from advsweep.storage import location as L
 from advsweep.storage import schema as S
 
 
@@ -18,8 +19,13 @@ def _metadata(sweep_id: str) -> dict[bytes, bytes]:
     return {b"advsweep_schema_version": S.SCHEMA_VERSION.encode(), b"sweep_id": sweep_id.encode()}
 
 
-def write_atomic(table: pa.Table, path: str | Path, sweep_id: str) -> Path:
-    """Write `table` to `path` via a hidden temp name in the same directory, then rename (readers never see halves)."""
+def write_atomic(table: pa.Table, path: str | Path, sweep_id: str) -> str | Path:
+    """Write `table` to `path` via a hidden temp name in the same directory, then rename (readers never see halves).
+    A remote `path` (s3://…) is written as one object, which an object store makes visible all at once."""
+    if L.is_remote(path):
+        fs, key = L.fs_path(path)
+        pq.write_table(table.replace_schema_metadata(_metadata(sweep_id)), key, filesystem=fs)
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{uuid.uuid4().hex}.parquet"
@@ -31,26 +37,30 @@ def write_atomic(table: pa.Table, path: str | Path, sweep_id: str) -> Path:
     return path
 
 
-def example_file(out_dir: str | Path, trial_id: str, attack: str, eps: float, shard: int) -> Path:
-    return (Path(out_dir) / "examples" / f"trial_id={trial_id}" / f"attack={attack}"
-            / f"eps={S.eps_partition(eps)}" / f"shard-{shard:05d}.parquet")
+def example_file(out_dir: str | Path, trial_id: str, attack: str, eps: float, shard: int) -> str | Path:
+    return L.join(out_dir if L.is_remote(out_dir) else Path(out_dir), "examples", f"trial_id={trial_id}",
+                  f"attack={attack}", f"eps={S.eps_partition(eps)}", f"shard-{shard:05d}.parquet")
 
 
 def examples_v2(out_dir: str | Path) -> bool:
     """True for an examples table in the version 2 layout (ε a file column, files `eps-E-shard-K.parquet`)."""
+    if L.is_remote(out_dir):
+        return any(f.count("/") == 2 and f.rsplit("/", 1)[1].startswith("eps-")
+                   for f in L.list_files(L.join(out_dir, "examples")))
     base = Path(out_dir) / "examples"
     return next(base.glob("trial_id=*/attack=*/eps-*.parquet"), None) is not None
 
 
 def sweep_schema_version(out_dir: str | Path) -> str:
     """The schema version a sweep directory was written with (its manifest; else its trials table's metadata)."""
-    manifest = Path(out_dir) / "sweep.json"
-    if manifest.is_file():
-        version = json.loads(manifest.read_text()).get("schema_version")
+    manifest = L.join(out_dir, "sweep.json")
+    if L.exists(manifest):
+        version = json.loads(L.read_bytes(manifest)).get("schema_version")
         if version:
             return str(version)
-    files = sorted((Path(out_dir) / "trials").glob("*.parquet"))
-    meta = pq.read_schema(files[0]).metadata or {} if files else {}
+    files = _trial_files(out_dir)
+    fs, _ = L.fs_path(out_dir)
+    meta = pq.read_schema(files[0], filesystem=fs).metadata or {} if files else {}
     return meta.get(b"advsweep_schema_version", S.SCHEMA_VERSION.encode()).decode()
 
 
@@ -62,10 +72,19 @@ def examples_table(rows: dict[str, Iterable[Any]]) -> pa.Table:
 
 
 def _dataset(out_dir: str | Path, name: str, schema: pa.Schema, partitioning=None) -> ds.Dataset | None:
-    base = Path(out_dir) / name
-    if not base.exists():
+    base = L.join(out_dir, name)
+    if not L.exists(base):
         return None
-    return ds.dataset(base, format="parquet", schema=schema, partitioning=partitioning)
+    fs, path = L.fs_path(base)
+    return ds.dataset(path, filesystem=fs, format="parquet", schema=schema, partitioning=partitioning)
+
+
+def _trial_files(out_dir: str | Path) -> list[str]:
+    """The trials table's files, as paths inside the sweep's filesystem (L.fs_path)."""
+    base = L.join(out_dir, "trials")
+    _, path = L.fs_path(base)
+    return [f"{path}/{f}" for f in L.list_files(base) if f.endswith(".parquet") and "/" not in f
+            and not f.startswith(".")]
 
 
 def read_examples(out_dir: str | Path, filter=None, columns: list[str] | None = None) -> pa.Table:
@@ -115,11 +134,12 @@ def read_epochs(out_dir: str | Path) -> pa.Table:
 def read_trials(out_dir: str | Path) -> pa.Table:
     """The trials table with its config columns (whose types were fixed by the writer and are read from the file).
     A version 2 table is upgraded: config columns renamed, `robust` → `robust_summary`, names computed."""
-    files = sorted((Path(out_dir) / "trials").glob("*.parquet"))
+    files = _trial_files(out_dir)
     if not files:
         return S.TRIAL_FIXED.empty_table()
-    schema = pq.read_schema(files[0])
-    table = ds.dataset(files, format="parquet", schema=schema).to_table()
+    fs, _ = L.fs_path(out_dir)
+    schema = pq.read_schema(files[0], filesystem=fs)
+    table = ds.dataset(files, filesystem=fs, format="parquet", schema=schema).to_table()
     if any(f.name.startswith(S.CONFIG_PREFIX_V2) for f in schema) or "robust" in schema.names:
         table = _upgrade_trials_v2(table)
     for f in S.TRIAL_FIXED:
@@ -153,13 +173,7 @@ def _upgrade_trials_v2(table: pa.Table) -> pa.Table:
 
 def relative_to(root: str | Path, path: str | None) -> str | None:
     """A path as stored in a sweep: relative to the sweep root when inside it, so a copied sweep still resolves."""
-    if not path:
-        return path
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path(root).resolve())) if p.is_absolute() else str(p)
-    except ValueError:
-        return str(p)
+    return L.relative_to(root, path)
 
 
 def trials_table(rows: list[dict[str, Any]], root: str | Path | None = None) -> pa.Table:
@@ -188,13 +202,13 @@ def trial_rows(out_dir: str | Path) -> list[dict[str, Any]]:
     stored relative paths resolved against `out_dir`."""
     rows = []
     table = read_trials(out_dir)
+    roots = {k: L.checkpoint_root(out_dir) if k == "checkpoint" else out_dir for k in S.PATH_COLUMNS}
     keys = {f.name: S.config_key(f) for f in table.schema if S.config_key(f) is not None}
     for r in table.to_pylist():
         config = {keys[k]: r.pop(k) for k in list(r) if k in keys}
         r["config"] = {k: v for k, v in config.items() if v is not None}
         for k in S.PATH_COLUMNS:
-            if r.get(k) and not Path(r[k]).is_absolute():
-                r[k] = str(Path(out_dir).resolve() / r[k])
+            r[k] = L.resolve(roots[k], r.get(k))
         rows.append(r)
     return rows
 

@@ -18,10 +18,10 @@ from advsweep.data import load_dataset, stratified_subset
 from advsweep.registry import SpecError
 from advsweep.spec import Spec, TrialConfig
 from advsweep.storage import schema as S
-from advsweep.storage import tracking
+from advsweep.storage import location, tracking
 from advsweep.storage.manifest import MANIFEST, read_manifest, write_manifest
 from advsweep.storage.parquet import trials_table, write_atomic
-from advsweep.storage.tracking import (CLIENT_ENV, SweepTracker, embedded_uri, finalize_trial_runs, probe,
+from advsweep.storage.tracking import (CLIENT_ENV, EMBEDDED, SweepTracker, embedded_uri, finalize_trial_runs, probe,
                                        resolve_tracking_uri, runtime_uri, stored_uri, use_short_retries)
 from advsweep.sweep.cluster_checks import check_cluster_resources, check_reachable
 from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evaluation_stage
@@ -43,6 +43,7 @@ class SweepResult:
     status: str = "finished"  # or "interrupted"
     by_status: dict[str, int] = field(default_factory=dict)
     mlflow_failures: int = 0
+    location: str = ""  # where the sweep is stored: out_dir, or the URI whose local mirror out_dir is
 
 
 def prepare_data(spec: Spec) -> dict[str, Any]:
@@ -73,7 +74,14 @@ def prepare_data(spec: Spec) -> dict[str, Any]:
     }
 
 
-def check_out_dir(out_dir: Path, resume: bool = False) -> None:
+def check_out_dir(out_dir: Path | str, resume: bool = False) -> None:
+    if location.is_remote(out_dir):
+        location.check_writable(out_dir)
+        if resume:
+            read_manifest(out_dir)
+        elif location.list_files(out_dir):
+            raise SpecError("--out", f"{out_dir} exists and is not empty; give each sweep its own location")
+        return
     if out_dir.exists() and not out_dir.is_dir():
         raise SpecError("--out", f"{out_dir} is a file, not a directory")
     if resume:
@@ -113,6 +121,7 @@ def init_ray(address: str | None, env: dict[str, str]) -> str:
 
     if ray.is_initialized():
         return "ray: already initialised"
+    env = {**location.endpoint_env(), **env}  # an S3 endpoint other than AWS reaches every worker; credentials do not
     runtime_env = {"env_vars": env}
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
@@ -174,20 +183,26 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     from advsweep.sweep.search import planned_trials, search_record
     from advsweep.sweep.trainable import train_trial
 
-    out = Path(out_dir).resolve()
-    check_out_dir(out, resume)
-    manifest = read_manifest(out) if resume else None
+    root = location.root(out_dir)  # where the sweep is stored: a local directory or a URI (s3://…)
+    check_out_dir(root, resume)
+    # Files that must be local (the Optuna study, plots, MLflow's artifacts) live in `out`: the sweep directory
+    # itself, or for a URI a local mirror that the tables are pulled into before plots and summaries read them.
+    out = root if not location.is_remote(root) else location.cache_dir(str(root))
+    manifest = read_manifest(root) if resume else None
     if manifest is not None and manifest.get("spec_digest") != spec.digest:
-        raise SpecError(str(spec_path or "SPEC"), f"differs from the spec {out} was started with; "
-                                                  f"resume it with `advsweep resume {out}`")
+        raise SpecError(str(spec_path or "SPEC"), f"differs from the spec {root} was started with; "
+                                                  f"resume it with `advsweep resume {root}`")
     if manifest is not None and str(manifest.get("schema_version", SCHEMA_VERSION)) != SCHEMA_VERSION:
-        raise SpecError(str(out), f"written by advsweep schema version {manifest['schema_version']}; it can be "
+        raise SpecError(str(root), f"written by advsweep schema version {manifest['schema_version']}; it can be "
                                   f"analysed but not resumed by schema version {SCHEMA_VERSION}")
+    if location.is_remote(root) and not mlflow_uri and (manifest or {}).get("mlflow_uri", EMBEDDED) == EMBEDDED:
+        raise SpecError("--mlflow-uri", f"an output at {root} cannot hold MLflow's sqlite store: pass the tracking "
+                                        "server every node reaches (advsweep mlflow-server prints its URI)")
     data = prepare_data(spec)  # validates the data section before anything is written
     if manifest is not None:
-        saved = np.load(out / "subsets.npz")
-        if not np.array_equal(saved["test_index"], data["test_index"]):
-            raise SpecError(str(out / "subsets.npz"), "the dataset no longer gives this sweep's subsets")
+        subsets = location.join(root, "subsets.npz")
+        if not np.array_equal(location.load_npz(subsets)["test_index"], data["test_index"]):
+            raise SpecError(str(subsets), "the dataset no longer gives this sweep's subsets")
     use_short_retries()
     stored = manifest.get("mlflow_uri") if manifest else None
     uri = check_tracking(mlflow_uri or runtime_uri(stored, out) or resolve_tracking_uri(None, out), mlflow_fallback, out)
@@ -195,8 +210,16 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     init_ray(address, env)
     check_cluster_resources(spec.raw.resources)  # a request no node can hold fails here, before anything is written
 
+    def save(manifest: dict[str, Any]) -> None:
+        write_manifest(out, manifest)
+        location.push(out, root, MANIFEST)
+
     if manifest is None:
         sweep_id = new_sweep_id(spec)
+        if location.is_remote(root) and out.exists():  # a mirror left from an earlier sweep at this URI
+            import shutil
+
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "spec.yaml").write_text(spec.source)
         manifest = {
@@ -210,11 +233,13 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         }
         np.savez_compressed(out / "subsets.npz", train_index=data["train_index"], val_index=data["val_index"],
                             test_index=data["test_index"])
+        location.push(out, root, "spec.yaml", "subsets.npz")
     else:
+        location.pull(root, out)
         sweep_id = manifest["sweep_id"]
         manifest["resumed"] = [*manifest.get("resumed", []), datetime.now(timezone.utc).isoformat()]
         print(f"resuming sweep {sweep_id} (state: {manifest.get('status')})", flush=True)
-    write_manifest(out, manifest)
+    save(manifest)
 
     tracker = SweepTracker(uri, sweep_id, out)
     try:
@@ -228,11 +253,11 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     manifest.update(experiment_id=experiment_id, parent_run_id=parent_run_id, mlflow_uri=stored_uri(uri, out))
     if manifest["status"] in ("interrupted", "finished"):
         manifest["status"] = "training"
-    write_manifest(out, manifest)
+    save(manifest)
 
     raw = spec.raw
     ctx = {
-        "sweep_id": sweep_id, "out_dir": str(out), "mlflow_uri": uri, "experiment_id": experiment_id,
+        "sweep_id": sweep_id, "out_dir": str(root), "mlflow_uri": uri, "experiment_id": experiment_id,
         "parent_run_id": parent_run_id, "seed": raw.seed, "cpu": raw.resources.cpu, "gpu": raw.resources.gpu,
         "monitor": raw.monitor.model_dump() if raw.monitor else None, "eval": raw.eval.model_dump(),
         "attacks": [{"label": a.label, "name": a.name, "eps": list(a.eps), "options": a.options} for a in raw.attacks],
@@ -244,17 +269,20 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
     if raw.resources.memory_gb:
         resources["memory"] = int(raw.resources.memory_gb * 2**30)
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx, data=data), resources)
-    exp_path = out / "ray" / sweep_id
-    if tune.Tuner.can_restore(str(exp_path)):
+    # Tune writes checkpoints from every node straight to the sweep's location (a local path or the URI's bucket)
+    storage_fs, storage_path = (location.fs_path(location.join(root, "ray")) if location.is_remote(root)
+                                else (None, str(out / "ray")))
+    exp_path = f"{storage_path}/{sweep_id}"
+    if tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):
         # Finished trials stay finished; unfinished and crashed ones continue from their last checkpoint. Trials
         # that failed deterministically ended normally (recorded as failed/diverged) and are not rerun.
-        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True,
-                                   restart_errored=False)
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
+                                   restart_errored=False, storage_filesystem=storage_fs)
     else:
-        tuner = _new_tuner(spec, trainable, sweep_id, out, output)
+        tuner = _new_tuner(spec, trainable, sweep_id, out, output, storage_path, storage_fs)
     start = time.time()
     attacks = attack_configs(raw.attacks)
-    overlap = (OverlappedEvaluation(out, sweep_id, attacks, data, raw.eval.model_dump(), raw.resources.cpu,
+    overlap = (OverlappedEvaluation(root, sweep_id, attacks, data, raw.eval.model_dump(), raw.resources.cpu,
                                     raw.resources.gpu) if raw.eval.overlap and attacks else contextlib.nullcontext())
     with overlap, trimmed_tune_output():
         results = tuner.fit()
@@ -264,10 +292,11 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
         for err in overlap.errors:
             print(f"[eval] overlapped evaluation of {err}; the evaluation stage redoes it", flush=True)
         manifest["overlap"] = {"units": overlap.units_run, "trials": overlap.trials_done, "busy_s": overlap.busy_s}
-    trial_rows, epoch_rows = _collect(results, spec, sweep_id, time.time() - start, out)
+    trial_rows, epoch_rows = _collect(results, spec, sweep_id, time.time() - start, root)
     # Training results are on disk before evaluation starts: a crash there loses nothing of training.
-    write_atomic(pa.Table.from_pylist(epoch_rows, schema=S.EPOCHS), out / "epochs" / "part-0.parquet", sweep_id)
-    write_atomic(trials_table(trial_rows, out), out / "trials" / "part-0.parquet", sweep_id)
+    write_atomic(pa.Table.from_pylist(epoch_rows, schema=S.EPOCHS), location.join(root, "epochs", "part-0.parquet"),
+                 sweep_id)
+    write_atomic(trials_table(trial_rows, root), location.join(root, "trials", "part-0.parquet"), sweep_id)
     if experiment_id:
         finalize_trial_runs(uri, experiment_id, sweep_id, trial_rows)
     by_status = {st: sum(r["status"] == st for r in trial_rows) for st in S.TRIAL_STATUSES}
@@ -275,36 +304,39 @@ def run_sweep(spec: Spec, out_dir: str | Path, *, address: str | None = None, ml
 
     def result(status: str) -> SweepResult:
         return SweepResult(sweep_id, out, uri, experiment_id, parent_run_id, len(trial_rows), n_completed, status,
-                           {k: v for k, v in by_status.items() if v}, tracking.failures)
+                           {k: v for k, v in by_status.items() if v}, tracking.failures, str(root))
 
     if by_status["interrupted"]:
         if isinstance(overlap, OverlappedEvaluation):
             overlap.close()
         manifest.update(status="interrupted", n_completed=n_completed)
-        write_manifest(out, manifest)
+        save(manifest)
+        location.pull(root, out)
         _finish_sweep_run(tracker, out, spec, trial_rows, [], "KILLED")
         return result("interrupted")
 
     manifest["status"] = "evaluating"
-    write_manifest(out, manifest)
+    save(manifest)
     print(f"training done in {time.time() - start:.0f}s; evaluating attacks on the engine", flush=True)
-    skip = check_evaluation(out, trial_rows, attack_configs(raw.attacks))
+    skip = check_evaluation(root, trial_rows, attack_configs(raw.attacks))
     warm = overlap.pool if isinstance(overlap, OverlappedEvaluation) else None  # the overlap's actors, still warm
     try:
-        run_evaluation_stage(out, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
+        run_evaluation_stage(root, sweep_id, trial_rows, attack_configs(raw.attacks), data, raw.eval.model_dump(), uri,
                              cpus_per_worker=raw.resources.cpu, gpus_per_worker=raw.resources.gpu, skip=skip,
                              num_workers=workers, output=output, pool=warm)
     finally:
         if warm is not None:
             warm.close()
 
+    location.pull(root, out)  # plots and the summary read the tables from local files
     artifacts = []
     if make_plots and n_completed:
         from advsweep.analysis.frontier import write_frontiers
 
         artifacts = write_frontiers(out)
+        location.push(out, root, "frontier")
     manifest.update(status="finished", finished=datetime.now(timezone.utc).isoformat(), n_completed=n_completed)
-    write_manifest(out, manifest)
+    save(manifest)
     _finish_sweep_run(tracker, out, spec, trial_rows, artifacts, "FINISHED")
     return result("finished")
 
@@ -330,7 +362,7 @@ def _finish_sweep_run(tracker: SweepTracker, out: Path, spec: Spec, trial_rows: 
         tracker.finish(summary.metrics, files, status, note=summary.note)
 
 
-def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path, output: str = "bar"):
+def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path, output: str, storage_path: str, storage_fs=None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -355,7 +387,7 @@ def _new_tuner(spec: Spec, trainable, sweep_id: str, out: Path, output: str = "b
             trial_dirname_creator=lambda t: f"{trial_name(t.config)}-{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=sweep_id, storage_path=str(out / "ray"), verbose=tune_verbosity(output),
+            name=sweep_id, storage_path=storage_path, storage_filesystem=storage_fs, verbose=tune_verbosity(output),
             progress_reporter=StatusReporter(parameter_columns(spec)),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # A crashed worker (OOM kill, lost node) is retried once from its checkpoint; a trial whose own code
@@ -379,7 +411,7 @@ def _trial_status(trial, metrics: dict[str, Any], scheduler: str) -> str:
     return "interrupted"  # PENDING / RUNNING / PAUSED when the sweep stopped: resumable
 
 
-def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path) -> tuple[list[dict], list[dict]]:
+def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path | str) -> tuple[list[dict], list[dict]]:
     versions = package_versions()
     trial_rows, epoch_rows = [], []
     trials = results._experiment_analysis.trials  # same order as the results (ResultGrid.__getitem__)
@@ -420,7 +452,8 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path) -> tupl
             "params": m.get("params"), "nfe_forward": _f(m.get("test_nfe_forward", m.get("nfe_forward"))),
             "nfe_backward": _f(m.get("nfe_backward")), "train_time_s": _f(m.get("train_time_s")),
             "eval_time_s": _f(m.get("eval_time_s")), "wall_time_s": _f(m.get("time_total_s")),
-            "checkpoint": res.checkpoint.path if res.checkpoint and completed else None,
+            "checkpoint": location.checkpoint_location(out, res.checkpoint.path) if res.checkpoint and completed
+            else None,
             "mlflow_run_id": m.get("mlflow_run_id") or None,
             "error": error, "error_log": error_log,
             "node_id": m.get("node_id") or None, "node_ip": m.get("node_ip") or None,

@@ -1,7 +1,6 @@
 """The evaluation stage of a sweep (also `advsweep eval`): engine → examples → robustness → trials table → MLflow."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from advsweep.evaluation.checkpoints import load_model
 from advsweep.evaluation.engine import TrialRef, evaluate, pending_units
 from advsweep.evaluation.units import AttackConfig, shard_bounds
 from advsweep.registry import SpecError
+from advsweep.storage import location as L
 from advsweep.storage import schema as S
 from advsweep.storage.parquet import read_examples, read_skipped, sweep_schema_version, trials_table, write_atomic
 from advsweep.storage.parquet import trial_rows as read_trial_rows
@@ -91,7 +91,7 @@ def _write_skipped(out_dir: Path, sweep_id: str, attacks: list[AttackConfig], sk
             "norm": by_label[label].norm, "eps": list(by_label[label].eps), "reason": reason}
            for (t, label), reason in sorted(skip.items())]
     if old or new:
-        write_atomic(pa.Table.from_pylist(old + new, schema=S.SKIPPED), out_dir / "skipped" / "part-0.parquet", sweep_id)
+        write_atomic(pa.Table.from_pylist(old + new, schema=S.SKIPPED), L.join(out_dir, "skipped", "part-0.parquet"), sweep_id)
 
 
 def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str, Any]], attacks: list[AttackConfig],
@@ -131,13 +131,13 @@ def run_evaluation_stage(out_dir: Path, sweep_id: str, trial_rows: list[dict[str
     examples = read_examples(out_dir)
     robustness = robustness_table(examples, read_skipped(out_dir), trial_rows)
     eval_seconds = unit_seconds_by_trial(examples)
-    write_atomic(robustness, out_dir / "robustness" / "part-0.parquet", sweep_id)
+    write_atomic(robustness, L.join(out_dir, "robustness", "part-0.parquet"), sweep_id)
     rob_rows = [r for r in robustness.to_pylist() if r["status"] == "ok"]
     for row in trial_rows:
         row["eval_time_s"] = eval_seconds.get(row["trial_id"])
         row["robust_summary"] = [{k: r[k] for k in ("attack", "eps", "robust_acc", "ci_low", "ci_high")}
                          for r in rob_rows if r["trial_id"] == row["trial_id"]] if row["status"] == "completed" else []
-    write_atomic(trials_table(trial_rows, out_dir), out_dir / "trials" / "part-0.parquet", sweep_id)
+    write_atomic(trials_table(trial_rows, out_dir), L.join(out_dir, "trials", "part-0.parquet"), sweep_id)
     if mlflow_uri:
         per_trial = attack_metrics(rob_rows)
         log_attack_results(mlflow_uri, [
@@ -178,11 +178,20 @@ def load_sweep_data(out_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray
     from advsweep.data import load_dataset
     from advsweep.spec import load_spec
 
-    manifest_file = out_dir / "sweep.json"
-    if not manifest_file.is_file():
-        raise SpecError(str(out_dir), "not a sweep directory (no sweep.json)")
-    manifest = json.loads(manifest_file.read_text())
-    spec = load_spec(out_dir / "spec.yaml")
+    from advsweep.storage.manifest import read_manifest
+
+    manifest = read_manifest(out_dir)
+    spec = load_sweep_spec(out_dir)
     ds = load_dataset(spec.raw.data.dataset, spec.raw.data.data_dir)
-    test_index = np.load(out_dir / "subsets.npz")["test_index"]
+    test_index = L.load_npz(L.join(out_dir, "subsets.npz"))["test_index"]
     return manifest, {"x_test": ds.x_test[test_index], "y_test": ds.y_test[test_index], "test_index": test_index}
+
+
+def load_sweep_spec(out_dir: Path | str):
+    """The spec a sweep was started with (its spec.yaml, local or remote)."""
+    from advsweep.spec import load_spec, parse_spec
+
+    if not L.is_remote(out_dir):
+        return load_spec(Path(out_dir) / "spec.yaml")
+    f = L.join(out_dir, "spec.yaml")
+    return parse_spec(L.read_bytes(f).decode(), str(f))

@@ -65,7 +65,11 @@ class OverlappedEvaluation:
             self.pool.close()
 
     def submit(self, ref: TrialRef) -> None:
-        self.queue.put(ref)
+        from dataclasses import replace
+
+        from advsweep.storage.location import checkpoint_location
+
+        self.queue.put(replace(ref, checkpoint=checkpoint_location(self.out_dir, ref.checkpoint)))
 
     def _loop(self) -> None:
         from advsweep.sweep.evaluate import not_applicable

@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import sys
 import tempfile
 import time
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +82,11 @@ def one_line(exc: BaseException) -> str:
 
 def write_error_log(out_dir: str, trial_id: str, text: str) -> str:
     """The full traceback beside the sweep (errors/<trial>.txt, written atomically); returns its path."""
-    d = Path(out_dir) / "errors"
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".tmp-{uuid.uuid4().hex}"
-    tmp.write_text(text)
-    os.replace(tmp, d / f"{trial_id}.txt")
-    return str(d / f"{trial_id}.txt")
+    from advsweep.storage import location
+
+    f = location.join(location.root(out_dir), "errors", f"{trial_id}.txt")
+    location.write_bytes(f, text.encode())
+    return str(f)
 
 
 def divergence(losses: list[float], val_acc: float | None, num_classes: int, final: bool) -> str | None:
