@@ -294,6 +294,7 @@ class _Cascade:
         self.model, self.eps, self.norm, self.seed = model, eps, norm, seed
         self.n_iter, self.n_queries, self.n_targets, self.plain = n_iter, n_queries, n_targets, plain
         self.apgd = _APGDRun(model, eps, norm, n_iter)
+        self.apgd_t_batches = 0  # APGD-T batches run (more than one: a speculative batch was cut short)
         self.fab = _FABTargetedRun(model, eps, norm, n_iter)
 
     def apgd_ce(self, x, y, idx, log):
@@ -323,6 +324,7 @@ class _Cascade:
             group = torch.arange(K, device=x.device).repeat_interleave(n)
             y_t = ranks[idx[pts], -(t + 2 + group)]
             horizon = [K - 1]
+            self.apgd_t_batches += 1
 
             def on_fooled(pair_ids, group=group, horizon=horizon):
                 g = int(group[pair_ids].min())
