@@ -139,15 +139,16 @@ class GradLog:
             self.grad_sum += norms
             self.grad_count += 1
         else:
-            idx = idx.cpu()
-            self.grad_sum[idx] += norms
-            self.grad_count[idx] += 1
+            idx = idx.cpu()  # index_add_: an example may appear more than once (one row per target class)
+            self.grad_sum.index_add_(0, idx, norms)
+            self.grad_count.index_add_(0, idx, torch.ones_like(idx))
 
     def query(self, idx: torch.Tensor | None, k: int = 1) -> None:
         if idx is None:
             self.queries += k
         else:
-            self.queries[idx.cpu()] += k
+            idx = idx.cpu()
+            self.queries.index_add_(0, idx, torch.full_like(idx, k))
 
     def mean(self) -> torch.Tensor:
         out = torch.full(self.grad_sum.shape, NAN, dtype=torch.float64)

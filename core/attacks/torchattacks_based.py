@@ -6,6 +6,9 @@ lets us count model calls and log input-gradient norms per example. The loops fo
 AutoAttack's) `perturb`, including re-seeding torch's RNG with the attack seed at the start of each component (inside
 the fork_rng of `Attack.__call__`, so the caller's RNG is untouched).
 
+The registered `autoattack` lives in autoattack.py (a faster schedule of the same cascade); the torchattacks-based
+cascade stays here, unregistered, as `TorchattacksAutoAttack`.
+
 `torchattacks.AutoAttack` is deliberately not used: it runs APGD/APGD-T/FAB with their 10-step defaults and Square with
 `resc_schedule=True` (evaluation.md §4f items 19–20). `autoattack` here is Croce & Hein's "standard" version.
 """
@@ -200,9 +203,9 @@ class APGDDLR(_APGDAttack):
     loss = "dlr"
 
 
-@register_attack("autoattack")
-class AutoAttack(Attack):
-    """AutoAttack "standard" (Croce & Hein 2020; fra31/auto-attack `version='standard'`) from torchattacks components:
+class TorchattacksAutoAttack(Attack):
+    """The previous `autoattack` (kept unregistered for comparison; `advsweep.attacks.autoattack` replaced it, with
+    the same per-example flags and the same settings). AutoAttack "standard" (Croce & Hein 2020; fra31/auto-attack `version='standard'`) from torchattacks components:
     APGD-CE (n_iter, 1 restart) → APGD-T (DLR-targeted, 9 target classes × n_iter, 1 restart) → FAB-T (9 target
     classes × n_iter, 1 restart, alpha_max 0.1, eta 1.05, beta 0.9) → Square (n_queries, p_init 0.8, 1 restart,
     resc_schedule=False). Each stage runs only on the points still robust after the previous ones; a point's x_adv is
@@ -295,8 +298,7 @@ class AutoAttack(Attack):
         return AttackResult(x_adv=x_adv, steps=log.queries.to(torch.int32), grad_norm=log.mean(), info=info)
 
 
-@register_attack("autoattack_l2")
-class AutoAttackL2(AutoAttack):
+class TorchattacksAutoAttackL2(TorchattacksAutoAttack):
     """AutoAttack standard for the ℓ2 threat model (same stages and settings)."""
 
     norm = "l2"

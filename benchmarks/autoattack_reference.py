@@ -1,0 +1,187 @@
+"""Standard AutoAttack: advsweep's `autoattack` vs the reference implementation (fra31/auto-attack, MIT licence,
+`version='standard'`) on the same checkpoints and examples, in one process, interleaved.
+
+Two checkpoints are trained here on Fashion-MNIST (a small ConvNet, seconds): a naturally trained one and one
+adversarially trained (FGSM with random start at ε, i.e. `pgd_at` with 1 step of 1.25 ε). Each round runs, per
+model, ours then the reference, then the reference then ours (ABBA), on the same n test images at ε (ℓ∞,
+n_iter 100, n_queries 5000 unless --quick; the reference gets one batch of all n, ours one call = one engine shard;
+seed 0 for both). Per run: wall time, examples/s, and the per-example robust flag, judged for both by one forward of
+the returned x_adv; the JSON records the flags that agree, the ratio per round (reference time / ours), and
+os.getloadavg() before and after every run.
+
+The reference is not a dependency: pass --reference DIR (a checkout with autoattack/ inside), or let the script
+extract it from the local mirror of the repository (git show, no network).
+
+    .venv/bin/python benchmarks/autoattack_reference.py            # standard settings (minutes)
+    .venv/bin/python benchmarks/autoattack_reference.py --quick    # n_iter 10, 200 queries, fewer examples
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MIRROR = Path("/work/.mirror/fra31+auto-attack/repo")
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="n_iter 10, n_queries 200")
+    ap.add_argument("--n", type=int, default=None, help="examples per model (default 64)")
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--rounds", type=int, default=None, help="ABBA rounds (default 1; 1 with --quick)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: immune to a busy machine)")
+    ap.add_argument("--train-steps", type=int, default=200)
+    ap.add_argument("--models", default="natural,adversarial")
+    ap.add_argument("--plain", action="store_true", help="also time advsweep's straightforward cascade")
+    ap.add_argument("--reference", type=Path, default=None, help="checkout of fra31/auto-attack")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    a.n = a.n or 64
+    a.rounds = a.rounds or 1
+    a.n_iter, a.n_queries = (10, 200) if a.quick else (100, 5000)
+    a.out = a.out or OUT / ("autoattack_reference_quick.json" if a.quick else "autoattack_reference.json")
+    return a
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+
+def reference_dir(given: Path | None) -> tuple[Path, str]:
+    if given is not None:
+        return given, "given"
+    d = Path(tempfile.mkdtemp(prefix="aa-ref-"))
+    git = ["git", "--git-dir", str(MIRROR)]
+    files = subprocess.run(git + ["ls-tree", "-r", "--name-only", "HEAD", "autoattack/"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    for f in files:
+        if f.endswith(".py") and "/examples/" not in f:
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_bytes(subprocess.run(git + ["show", f"HEAD:{f}"], check=True, capture_output=True).stdout)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    return d, commit
+
+
+def train(kind: str, data, steps: int, eps: float):
+    from advsweep.models import build_model
+    from advsweep.training import build_recipe
+    from advsweep.training.trainer import as_float_images
+
+    torch.manual_seed(0)
+    model = build_model("convnet", 1, 10, 28, channels=[16, 32])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    recipe = build_recipe("pgd_at", eps=eps, step=1.25 * eps, steps=1) if kind == "adversarial" else None
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train).long()
+    model.train()
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (64,), generator=gen)
+        xb, yb = as_float_images(x[i]), y[i]
+        loss = recipe.loss(model, xb, yb)[0] if recipe else F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def robust_flags(model, x, y, x_adv) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def run_ours(model, x, y, a, plain=False):
+    from advsweep.attacks.autoattack import AutoAttack, PlainAutoAttack
+
+    cls = PlainAutoAttack if plain else AutoAttack
+    res = cls(model, a.eps, 0, n_iter=a.n_iter, n_queries=a.n_queries)(x, y)
+    return res.x_adv, {"broken_by": res.info["broken_by"].tolist(), "forward_passes": int(res.steps.sum())}
+
+
+def run_reference(model, x, y, a):
+    from autoattack import AutoAttack as RefAutoAttack
+
+    aa = RefAutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=0, device="cpu", verbose=False)
+    aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = a.n_iter
+    for atk in (aa.apgd, aa.apgd_targeted):  # the checkpoints derive from n_iter at construction
+        atk.n_iter_2, atk.n_iter_min = max(int(0.22 * a.n_iter), 1), max(int(0.06 * a.n_iter), 1)
+        atk.size_decr = max(int(0.03 * a.n_iter), 1)
+    aa.square.n_queries = a.n_queries
+    return aa.run_standard_evaluation(x, y, bs=len(x)), {}
+
+
+def main(a):
+    torch.set_num_threads(a.threads)
+    ref, ref_commit = reference_dir(a.reference)
+    sys.path.insert(0, str(ref))
+    from advsweep.data import load_dataset, stratified_subset
+    from advsweep.training.trainer import as_float_images
+
+    data = load_dataset("fashion-mnist")
+    idx = stratified_subset(data.y_test, a.n, 0)
+    x, y = as_float_images(torch.from_numpy(data.x_test[idx])), torch.from_numpy(data.y_test[idx]).long()
+    result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+              "reference": {"repo": "fra31/auto-attack", "commit": ref_commit, "licence": "MIT"},
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "load_start": os.getloadavg(), "models": {}}
+    arms = {"ours": lambda m: run_ours(m, x, y, a), "reference": lambda m: run_reference(m, x, y, a)}
+    if a.plain:
+        arms["plain"] = lambda m: run_ours(m, x, y, a, plain=True)
+    for kind in a.models.split(","):
+        t0 = time.perf_counter()
+        model = train(kind, data, a.train_steps, a.eps)
+        with torch.no_grad():
+            clean = model(x).argmax(1) == y
+        rec = {"train_seconds": time.perf_counter() - t0, "clean_correct": int(clean.sum()), "runs": []}
+        log(f"{kind}: trained in {rec['train_seconds']:.0f} s, clean {int(clean.sum())}/{a.n}")
+        flags = {}
+        for r in range(a.rounds):
+            order = list(arms) if r % 2 == 0 else list(reversed(arms))
+            for arm in order + list(reversed(order)):
+                load0 = os.getloadavg()
+                t, c = time.perf_counter(), time.process_time()
+                x_adv, extra = arms[arm](model)
+                sec, cpu = time.perf_counter() - t, time.process_time() - c
+                f = robust_flags(model, x, y, x_adv)
+                flags.setdefault(arm, f)
+                rec["runs"].append({"round": r, "arm": arm, "seconds": sec, "cpu_seconds": cpu,
+                                    "examples_per_s": a.n / sec,
+                                    "robust": int(f.sum()), "same_flags_as_first_run": bool(torch.equal(f, flags[arm])),
+                                    "load_before": load0, "load_after": os.getloadavg(), **extra})
+                log(f"{kind} round {r} {arm}: {sec:.1f} s, robust {int(f.sum())}/{a.n}, load {load0[0]:.1f}")
+        secs = {arm: [u["seconds"] for u in rec["runs"] if u["arm"] == arm] for arm in arms}
+        ratios = [sr / so for sr, so in zip(secs["reference"], secs["ours"])]
+        cpus = {arm: [u["cpu_seconds"] for u in rec["runs"] if u["arm"] == arm] for arm in arms}
+        cpu_ratios = [sr / so for sr, so in zip(cpus["reference"], cpus["ours"])]
+        rec["summary"] = {
+            "examples_per_s": {arm: statistics.median([a.n / s for s in v]) for arm, v in secs.items()},
+            "ratio_reference_time_over_ours": {"median": statistics.median(ratios), "min": min(ratios),
+                                               "max": max(ratios), "all": ratios},
+            # process CPU time (1 thread): less sensitive than wall time to other processes on a busy machine
+            "cpu_ratio_reference_over_ours": {"median": statistics.median(cpu_ratios), "min": min(cpu_ratios),
+                                              "max": max(cpu_ratios), "all": cpu_ratios},
+            "flags_agree": int((flags["ours"] == flags["reference"]).sum()), "examples": a.n,
+            "robust": {arm: int(f.sum()) for arm, f in flags.items()},
+        }
+        if a.plain:
+            rec["summary"]["flags_agree_plain"] = int((flags["plain"] == flags["reference"]).sum())
+        log(kind, json.dumps(rec["summary"]))
+        result["models"][kind] = rec
+    result["load_end"] = os.getloadavg()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1))
+    log(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main(parse_args())
