@@ -1,16 +1,15 @@
-"""Attacks built from torchattacks 3.5.1 components: APGD-CE/DLR, AutoAttack (standard), Square, FAB (minimum norm).
+"""Attacks built from torchattacks 3.5.1 components: APGD-CE/DLR, Square, FAB (minimum norm).
 
-torchattacks supplies the per-run algorithms (`attack_single_run` of APGD, APGDT, FAB and Square); the outer loops
-(restarts, target classes, the AutoAttack cascade) are re-written here so that each run's examples are known, which
+torchattacks supplies the per-run algorithms (`attack_single_run` of APGD, FAB and Square); the outer loops
+(restarts, target classes) are re-written here so that each run's examples are known, which
 lets us count model calls and log input-gradient norms per example. The loops follow torchattacks' (= the reference
 AutoAttack's) `perturb`, including re-seeding torch's RNG with the attack seed at the start of each component (inside
 the fork_rng of `Attack.__call__`, so the caller's RNG is untouched).
 
-The registered `autoattack` lives in autoattack.py (a faster schedule of the same cascade); the torchattacks-based
-cascade stays here, unregistered, as `TorchattacksAutoAttack`.
+AutoAttack (`autoattack`, `autoattack_l2`) lives in autoattack.py; it uses `_Square` and `_reseed` from here.
 
 `torchattacks.AutoAttack` is deliberately not used: it runs APGD/APGD-T/FAB with their 10-step defaults and Square with
-`resc_schedule=True` (evaluation.md §4f items 19–20). `autoattack` here is Croce & Hein's "standard" version.
+`resc_schedule=True` (evaluation.md §4f items 19–20). `autoattack` is Croce & Hein's "standard" version.
 """
 from __future__ import annotations
 
@@ -57,18 +56,6 @@ class _APGD(_Tracked, torchattacks.APGD):
     def perturb_tracked(self, x, y, idx):
         """torchattacks APGD.perturb (cheap=True): restarts on the still-robust points."""
         return _runs_on_robust(self, x, y, idx, [None] * self.n_restarts)
-
-
-class _APGDT(_Tracked, torchattacks.APGDT):
-    def perturb_tracked(self, x, y, idx):
-        """torchattacks APGDT.perturb: target classes 2..n_target_classes+1 (by logit rank), restarts on still-robust
-        points."""
-
-        def target(t):
-            return lambda: setattr(self, "target_class", t)
-
-        runs = [target(t) for t in range(2, self.n_target_classes + 2) for _ in range(self.n_restarts)]
-        return _runs_on_robust(self, x, y, idx, runs)
 
 
 def _runs_on_robust(attack, x, y, idx, runs):
@@ -201,107 +188,6 @@ class APGDDLR(_APGDAttack):
     """APGD with the (untargeted) DLR loss via torchattacks.APGD; needs ≥ 3 classes."""
 
     loss = "dlr"
-
-
-class TorchattacksAutoAttack(Attack):
-    """The previous `autoattack` (kept unregistered for comparison; `advsweep.attacks.autoattack` replaced it, with
-    the same per-example flags and the same settings). AutoAttack "standard" (Croce & Hein 2020; fra31/auto-attack `version='standard'`) from torchattacks components:
-    APGD-CE (n_iter, 1 restart) → APGD-T (DLR-targeted, 9 target classes × n_iter, 1 restart) → FAB-T (9 target
-    classes × n_iter, 1 restart, alpha_max 0.1, eta 1.05, beta 0.9) → Square (n_queries, p_init 0.8, 1 restart,
-    resc_schedule=False). Each stage runs only on the points still robust after the previous ones; a point's x_adv is
-    the first stage's adversarial that breaks it (worst case per example). The defaults n_iter=100, n_queries=5000 are
-    the standard ones; overriding them (for CPU-scale runs) is recorded: `settings["standard"]` is False then.
-
-    Result: `steps` = forward passes per example (all stages); `info` = {"settings", "broken_by" (stage index per
-    example, -1 = robust or not attacked, clean-misclassified points are -2), "stages", "grad_evals", "queries"}.
-    """
-
-    STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
-    STANDARD = {"n_iter": 100, "n_queries": 5000, "n_target_classes": 9}
-
-    def __init__(self, model, eps, seed, n_iter: PositiveInt = 100, n_queries: PositiveInt = 5000):
-        super().__init__(model, eps, seed)
-        self.n_iter, self.n_queries = n_iter, n_queries
-        self.settings = self._settings(n_target_classes=self.STANDARD["n_target_classes"])
-
-    def _settings(self, n_target_classes: int) -> dict[str, Any]:
-        s = {
-            "version": "standard",
-            "norm": self.norm,
-            "eps": self.eps,
-            "seed": self.seed,
-            "stages": list(self.STAGES),
-            "apgd_ce": {"n_iter": self.n_iter, "n_restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
-            "apgd_t": {"n_iter": self.n_iter, "n_restarts": 1, "n_target_classes": n_target_classes,
-                       "loss": "dlr-targeted", "rho": 0.75, "eot_iter": 1},
-            "fab_t": {"n_iter": self.n_iter, "n_restarts": 1, "n_target_classes": n_target_classes,
-                      "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
-            "square": {"n_queries": self.n_queries, "n_restarts": 1, "p_init": 0.8, "loss": "margin",
-                       "resc_schedule": False},
-            "implementation": f"torchattacks {torchattacks.__version__} components",
-        }
-        s["standard"] = (self.n_iter == self.STANDARD["n_iter"] and self.n_queries == self.STANDARD["n_queries"]
-                         and n_target_classes == self.STANDARD["n_target_classes"])
-        return s
-
-    def run(self, x, y):
-        n = len(x)
-        if self.eps == 0:
-            res = unchanged(x)
-            res.info = {"settings": self.settings}
-            return res
-        ta_norm = _TA_NORM[self.norm]
-        n_classes = _num_classes(self.model, x)
-        if n_classes < 4:
-            raise ValueError(f"autoattack needs at least 4 classes (APGD-T's targeted DLR loss), got {n_classes}")
-        n_targets = min(self.STANDARD["n_target_classes"], n_classes - 1)
-        self.settings = self._settings(n_targets)
-        log = GradLog(n)
-        x_adv = x.clone()
-        with torch.no_grad():
-            robust = self.model(x).argmax(1) == y
-        log.query(None)
-        broken_by = torch.full((n,), -1, dtype=torch.int64)
-        broken_by[~robust.cpu()] = -2
-        for stage, name in enumerate(self.STAGES):
-            idx = robust.nonzero().flatten()
-            if idx.numel() == 0:
-                break
-            xs, ys = x[idx].clone(), y[idx].clone()
-            if name == "apgd-ce":
-                atk = _APGD(self.model, norm=ta_norm, eps=self.eps, steps=self.n_iter, n_restarts=1, seed=self.seed,
-                            loss="ce", eot_iter=1, rho=0.75)
-            elif name == "apgd-t":
-                atk = _APGDT(self.model, norm=ta_norm, eps=self.eps, steps=self.n_iter, n_restarts=1, seed=self.seed,
-                             eot_iter=1, rho=0.75, n_classes=n_targets + 1)
-            elif name == "fab-t":
-                atk = _FAB(self.model, norm=ta_norm, eps=self.eps, steps=self.n_iter, n_restarts=1, alpha_max=0.1,
-                           eta=1.05, beta=0.9, seed=self.seed, multi_targeted=True, n_classes=n_targets + 1)
-            else:
-                atk = _Square(self.model, norm=ta_norm, eps=self.eps, n_queries=self.n_queries, n_restarts=1,
-                              p_init=0.8, loss="margin", resc_schedule=False, seed=self.seed)
-            if name == "square":
-                _, adv, q = atk.perturb_counted(xs, ys)
-                log.queries[idx.cpu()] += q
-            else:
-                atk._log = log
-                _, adv = atk.perturb_tracked(xs, ys, idx)
-            with torch.no_grad():
-                fooled = self.model(adv).argmax(1) != ys
-            log.query(idx)
-            hit = idx[fooled]
-            x_adv[hit] = adv[fooled]
-            robust[hit] = False
-            broken_by[hit.cpu()] = stage
-        info = {"settings": self.settings, "broken_by": broken_by, "stages": list(self.STAGES),
-                "grad_evals": log.steps(), "queries": log.queries.to(torch.int32)}
-        return AttackResult(x_adv=x_adv, steps=log.queries.to(torch.int32), grad_norm=log.mean(), info=info)
-
-
-class TorchattacksAutoAttackL2(TorchattacksAutoAttack):
-    """AutoAttack standard for the ℓ2 threat model (same stages and settings)."""
-
-    norm = "l2"
 
 
 @register_attack("square")
