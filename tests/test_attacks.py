@@ -44,6 +44,25 @@ def _synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (protos[y] + 0.3 * torch.randn(n, 1, 28, 28, generator=g)).clamp(0, 1), y
 
 
+def train_mlp(hidden: int, n_test: int, epochs: int):
+    """(model in eval mode, x, y): a one-hidden-layer MLP trained with Adam on 6,000 Fashion-MNIST images (seed 0)."""
+    torch.manual_seed(0)
+    if FMNIST.exists():
+        (xtr, ytr), (x, y) = _fmnist("train", 6000), _fmnist("test", n_test)
+    else:  # pragma: no cover
+        (xtr, ytr), (x, y) = _synthetic(6000, 0), _synthetic(n_test, 1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xtr))
+        for i in range(0, len(xtr), 100):
+            b = perm[i:i + 100]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xtr[b]), ytr[b]).backward()
+            opt.step()
+    return model.eval(), x, y
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """The models here are tiny: one intra-op thread is much faster than two (and immune to a busy machine)."""
@@ -56,21 +75,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def clf():
     """(model, x, y): an MLP trained for a few seconds; 64 test points (a power of two, see the torchattacks test)."""
-    torch.manual_seed(0)
-    if FMNIST.exists():
-        (xtr, ytr), (x, y) = _fmnist("train", 6000), _fmnist("test", 64)
-    else:  # pragma: no cover
-        (xtr, ytr), (x, y) = _synthetic(6000, 0), _synthetic(64, 1)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(3):
-        perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), 100):
-            b = perm[i:i + 100]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[b]), ytr[b]).backward()
-            opt.step()
-    model.eval()
+    model, x, y = train_mlp(hidden=64, n_test=64, epochs=3)
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.6
     return model, x, y

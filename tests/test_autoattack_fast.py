@@ -13,40 +13,18 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from advsweep.attacks import ATTACKS, build_attack
 from advsweep.attacks._util import GradLog
 from advsweep.attacks.autoattack import AutoAttack, PlainAutoAttack, PlainAutoAttackL2, _Cascade
 
-from test_attacks import FMNIST, _fmnist, _synthetic
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_attacks import _one_thread, train_mlp  # noqa: F401 (_one_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")
 def mlp():
     """(model, scaled model, x, y) in float64."""
-    torch.manual_seed(0)
-    if FMNIST.exists():
-        (xtr, ytr), (x, y) = _fmnist("train", 6000), _fmnist("test", 48)
-    else:  # pragma: no cover
-        (xtr, ytr), (x, y) = _synthetic(6000, 0), _synthetic(48, 1)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(2):
-        perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), 100):
-            b = perm[i:i + 100]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[b]), ytr[b]).backward()
-            opt.step()
+    model, x, y = train_mlp(hidden=32, n_test=48, epochs=2)
     model = model.double().eval()
     scaled = copy.deepcopy(model)
     with torch.no_grad():
