@@ -391,7 +391,7 @@ def _chosen_trials(sweep_dir: Path | str, trials: Optional[str]) -> Optional[lis
 
 @app.command()
 def curves(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/curves)"),
 ) -> None:
     """Accuracy-vs-ε curves (ℓ2, ℓ∞, RMS) and minimal-distortion statistics from minimal-perturbation attacks."""
@@ -400,6 +400,7 @@ def curves(
     from advsweep.storage.manifest import require_results
 
     try:
+        sweep_dir = _local_sweep(sweep_dir)
         require_results(sweep_dir)
         files = write_curves(sweep_dir, out)
     except SpecError as exc:
@@ -410,7 +411,7 @@ def curves(
 
 @app.command()
 def compare(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     a: str = typer.Argument(..., help="trial A (trial id, trial index or name)"),
     b: str = typer.Argument(..., help="trial B"),
     attack: str = typer.Option(..., "--attack", help="attack label, e.g. pgd"),
@@ -423,7 +424,7 @@ def compare(
     from advsweep.analysis.tables import load_sweep
 
     try:
-        sweep = load_sweep(sweep_dir)
+        sweep = load_sweep(_local_sweep(sweep_dir))
         result = run_compare(sweep, a, b, attack, eps)
     except SpecError as exc:
         _fail(exc)
@@ -565,7 +566,7 @@ def best(
 
 @app.command()
 def export(
-    sweep_dir: Path = typer.Argument(..., help="a sweep's output directory"),
+    sweep_dir: str = typer.Argument(..., help="a sweep's output directory or URI"),
     robustbench: bool = typer.Option(False, "--robustbench", help="RobustBench model-info JSON per trial and "
                                                                    "threat model"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write (default <sweep_dir>/robustbench)"),
@@ -580,6 +581,7 @@ def export(
     try:
         if not robustbench:
             raise SpecError("export", "choose a format: --robustbench")
+        sweep_dir = _local_sweep(sweep_dir)
         require_results(sweep_dir)
         files = export_robustbench(sweep_dir, out, parse_eps(eps) if eps is not None else None)
     except SpecError as exc:

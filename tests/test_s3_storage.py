@@ -120,6 +120,8 @@ def test_sweep_on_s3_end_to_end_then_copied_and_analysed_locally(s3, tmp_path, f
     rows = r.stdout.strip().splitlines()
     assert len(rows) == 1 + N_TRIALS and "robust_acc/fgsm/eps_0.05" in rows[0], r.stdout
     assert f"{uri}/ray/" in rows[1]  # the mirror holds no checkpoints: they are named where they are
+    r = _advsweep(env, "compare", uri, "0", "1", "--attack", "fgsm", "--eps", "0.1", timeout=120)
+    assert r.returncode == 0 and "exact McNemar" in r.stdout, r.stdout + r.stderr
 
     # A copy of the bucket's sweep in a local directory is a complete sweep there: tables, and checkpoints that
     # the stored relative paths find.
