@@ -295,11 +295,11 @@ def write_audit(sweep: Sweep, audit: Audit, out_dir: str | Path | None = None, m
                           sweep.sweep_id),
              write_atomic(pa.Table.from_pandas(audit.verdicts.drop(columns=["mlflow_run_id"]), preserve_index=False),
                           out / "verdicts.parquet", sweep.sweep_id)]
-    uri = sweep.manifest.get("mlflow_uri")
+    from advsweep.storage.tracking import CLIENT_ENV, log_run_audit, runtime_uri
+
+    uri = runtime_uri(sweep.manifest.get("mlflow_uri"), sweep.dir)  # the embedded store is stored by a relative name
     if mlflow and uri:
         import os
-
-        from advsweep.storage.tracking import CLIENT_ENV, log_run_audit
 
         for k, v in CLIENT_ENV.items():  # an unreachable server fails in seconds, not minutes per trial
             os.environ.setdefault(k, v)

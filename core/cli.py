@@ -351,7 +351,9 @@ def eval_(
 
             files = write_frontiers(local)
             location.push(local, sweep_dir, "frontier")
-        res = load_results(local, attacks=[a.label for a in attacks])
+        # minimal-distortion attacks (ε = 0 only) have distances, not accuracies: `advsweep curves` shows them
+        bounded = [a.label for a in attacks if any(e > 0 for e in a.eps)]
+        res = load_results(local, attacks=bounded or None)
     except SpecError as exc:
         _fail(exc)
     if chosen is not None:

@@ -28,6 +28,7 @@ from advsweep.evaluation.stats import wilson_interval
 from advsweep.evaluation.units import AttackConfig, make_units
 from advsweep.models import build_model
 from advsweep.storage.parquet import example_file, read_examples, trial_rows, trials_table, write_atomic
+from advsweep.storage.tracking import stored_uri
 
 SWEEP_ID = "analysis-test"
 ATTACKS = [
@@ -112,6 +113,7 @@ def _build(out, data_dir, n_train, n_test, mlflow_uri, attacks) -> Path:
     x = torch.from_numpy(data.x_test[test_idx]).float() / 255
     y = torch.from_numpy(data.y_test[test_idx])
     run_ids = {}
+    out.mkdir(parents=True, exist_ok=True)
     if mlflow_uri:
         from mlflow.tracking import MlflowClient
 
@@ -136,7 +138,8 @@ def _build(out, data_dir, n_train, n_test, mlflow_uri, attacks) -> Path:
     write_atomic(trials_table(rows), out / "trials" / "part-0.parquet", SWEEP_ID)
     write_atomic(robustness_table(read_examples(out), None, trial_rows(out)), out / "robustness" / "part-0.parquet",
                  SWEEP_ID)
-    (out / "sweep.json").write_text(json.dumps({"sweep_id": SWEEP_ID, "name": "analysis-test", "mlflow_uri": mlflow_uri,
+    stored = stored_uri(mlflow_uri, out) if mlflow_uri else None  # as the driver stores it ("embedded:…" for its own)
+    (out / "sweep.json").write_text(json.dumps({"sweep_id": SWEEP_ID, "name": "analysis-test", "mlflow_uri": stored,
                                                 "data": {"dataset": "fashion-mnist", "n_test": n_test}}))
     (out / "spec.yaml").write_text("name: analysis-test\n")
     return out

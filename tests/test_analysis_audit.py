@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from advsweep.analysis.audit import run_audit
 from advsweep.analysis.tables import load_sweep
 from advsweep.cli import app
+from advsweep.storage.tracking import embedded_uri
 
 sys.path.insert(0, str(Path(__file__).parent))
 from analysis_sweep import build_sweep  # noqa: E402
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def real_sweep(tmp_path_factory, fashion_available):
     root = tmp_path_factory.mktemp("audit")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = embedded_uri(root / "sweep")  # the sweep's own store: sweep.json names it relatively, as a run's does
     return build_sweep(root / "sweep", fashion_available, mlflow_uri=uri), uri
 
 

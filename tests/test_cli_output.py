@@ -310,8 +310,9 @@ def test_eval_on_chosen_trials_ends_with_its_table(tiny_run, tmp_path):
     assert r.returncode == 0
     names = _names(out)
     suite = tmp_path / "suite.yaml"
-    suite.write_text("attacks:\n  - {name: pgd, eps: [0.05], steps: 2}\neval: {batch_size: 30, shard_size: 30, "
-                     "seed: 0}\n")
+    # a minimal-distortion attack beside it (distances, no accuracy at an ε): the table shows the ε-bounded one
+    suite.write_text("attacks:\n  - {name: pgd, eps: [0.05], steps: 2}\n  - {name: deepfool, eps: [0.0], steps: 3}\n"
+                     "eval: {batch_size: 30, shard_size: 30, seed: 0}\n")
     bad = subprocess.run([ADVSWEEP, "eval", str(out), "--suite", str(suite), "--trials", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--trials" in bad.stderr
