@@ -121,3 +121,14 @@ def test_l2_eps_may_exceed_one(tmp_path):
     suite = tmp_path / "suite.yaml"
     suite.write_text("attacks:\n  - {name: boundary, eps: [2.0], steps: 10}\n")
     assert load_suite(suite).attacks[0].eps == [2.0]
+
+
+@pytest.mark.parametrize("suite", sorted((Path(__file__).parents[1] / "sweeps" / "suites").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_suites_load(suite):
+    from advsweep.spec import load_suite
+
+    attacks = load_suite(suite).attacks
+    assert attacks
+    if suite.name.startswith("masking_audit"):  # never collide with a sweep's own attack labels (`advsweep eval`)
+        assert all(a.label.startswith("audit_") for a in attacks), [a.label for a in attacks]
