@@ -52,15 +52,21 @@ def train_mlp(hidden: int, n_test: int, epochs: int):
     else:  # pragma: no cover
         (xtr, ytr), (x, y) = _synthetic(6000, 0), _synthetic(n_test, 1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    return fit(model, xtr, ytr, epochs, batch=100, lr=2e-3), x, y
+
+
+def fit(model: nn.Module, xtr, ytr, epochs: int, batch: int, lr: float) -> nn.Module:
+    """Adam on cross-entropy over shuffled mini-batches; returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), 100):
-            b = perm[i:i + 100]
+        for i in range(0, len(xtr), batch):
+            b = perm[i:i + batch]
             opt.zero_grad()
             nn.functional.cross_entropy(model(xtr[b]), ytr[b]).backward()
             opt.step()
-    return model.eval(), x, y
+    return model.eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -426,17 +432,7 @@ def trained_resnet():
         (xtr, ytr), (x, y) = _fmnist("train", 3000), _fmnist("test", 48)
     else:  # pragma: no cover
         (xtr, ytr), (x, y) = _synthetic(3000, 0), _synthetic(48, 1)
-    model = build_model("resnet", 1, 10, 28, width=16, blocks=1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(4):
-        perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), 50):
-            b = perm[i:i + 50]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[b]), ytr[b]).backward()
-            opt.step()
-    model.eval()
+    model = fit(build_model("resnet", 1, 10, 28, width=16, blocks=1), xtr, ytr, 4, batch=50, lr=1e-2)
     assert _acc(model, x, y) > 0.55
     return model, x, y
 
