@@ -7,7 +7,6 @@ except `finished` is resumable with `advsweep resume DIR` (or `advsweep run SPEC
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,8 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
-    if L.is_remote(out_dir):
-        L.write_bytes(L.join(out_dir, MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
-        return
-    out = Path(out_dir)
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, out / MANIFEST)
+    """Whole or not at all: a temp name and a rename locally, one object remotely (location.write_bytes)."""
+    L.write_bytes(L.join(out_dir, MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
 
 
 def require_results(out_dir: str | Path) -> dict[str, Any]:

@@ -171,16 +171,11 @@ def _upgrade_trials_v2(table: pa.Table) -> pa.Table:
     return table.add_column(at, pa.field("trial_name", pa.string()), pa.array(trial, pa.string()))
 
 
-def relative_to(root: str | Path, path: str | None) -> str | None:
-    """A path as stored in a sweep: relative to the sweep root when inside it, so a copied sweep still resolves."""
-    return L.relative_to(root, path)
-
-
 def trials_table(rows: list[dict[str, Any]], root: str | Path | None = None) -> pa.Table:
     """Fixed columns from the schema plus one typed column per flattened config field. With `root` (the sweep
     directory), paths (checkpoint, error log) are stored relative to it."""
     if root is not None:
-        rows = [{**r, **{k: relative_to(root, r.get(k)) for k in S.PATH_COLUMNS}} for r in rows]
+        rows = [{**r, **{k: L.relative_to(root, r.get(k)) for k in S.PATH_COLUMNS}} for r in rows]
     config_keys = sorted({k for r in rows for k in r.get("config", {})})
     fields = list(S.TRIAL_FIXED)
     cols: dict[str, pa.Array] = {f.name: pa.array([r.get(f.name) for r in rows], type=f.type) for f in fields}
