@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from advsweep.cluster.loopback import free_port
 
 from sweep_proc import BIN, kill_tree, run, start, wait_for
 
@@ -68,12 +69,6 @@ def test_failing_and_diverging_trials_beside_healthy_ones(tmp_path, fashion_avai
     assert {t: runs[t].info.status for t in trials["trial_id"]} == dict(zip(trials["trial_id"], ["FINISHED", "FAILED", "FAILED"]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
@@ -100,7 +95,7 @@ def _runs(uri: str, sweep_id: str):
 
 
 def test_mlflow_server_killed_mid_sweep_then_synced(tmp_path, fashion_available):
-    root, port = tmp_path / "mlflow", _free_port()
+    root, port = tmp_path / "mlflow", free_port()
     root.mkdir()
     server = _mlflow_server(root, port)
     uri = f"http://127.0.0.1:{port}"
@@ -142,7 +137,7 @@ def test_mlflow_server_killed_mid_sweep_then_synced(tmp_path, fashion_available)
 
 def test_mlflow_down_from_the_start(tmp_path, fashion_available):
     spec = _spec(tmp_path, "down", HEALTHY)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     out = tmp_path / "sweep"
     t0 = time.monotonic()
     r = run("run", str(spec), "--out", str(out), "--mlflow-uri", uri)

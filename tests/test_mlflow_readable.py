@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from advsweep.cli import app
+from advsweep.cluster.loopback import free_port
 from advsweep.spec import parse_spec
 from advsweep.storage.mlflow_records import attack_metrics, attack_params
 
@@ -97,15 +97,9 @@ def test_workers_name_runs_as_the_spec_does():
 
 # --- a real sweep against a real tracking server --------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root, port = tmp_path_factory.mktemp("mlflow"), _free_port()
+    root, port = tmp_path_factory.mktemp("mlflow"), free_port()
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -241,7 +235,7 @@ def test_runs_command_filters_and_formats(sweep, server):
                         (["--format", "xml"], "--format")):
         r = cli("runs", "--mlflow-uri", server, *args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and field in r.stderr, (args, r.stderr)
-    r = cli("runs", "--mlflow-uri", f"http://127.0.0.1:{_free_port()}")
+    r = cli("runs", "--mlflow-uri", f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "not reachable" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("runs", "--mlflow-uri", f"sqlite:///{out / 'nothing.db'}")
     assert r.returncode == 2 and "no sqlite store" in r.stderr and not (out / "nothing.db").exists()

@@ -13,6 +13,8 @@ import pyarrow.dataset as ds
 import pytest
 from pyarrow import fs as pafs
 
+from advsweep.cluster.loopback import free_port
+
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_spec import TINY_SPEC  # noqa: E402
 
@@ -25,16 +27,10 @@ SPEC = (TINY_SPEC.replace("  - {name: pgd, eps: [0.1], steps: 3}\n", "")
 N_TEST, N_TRIALS, N_EPOCHS, N_ATTACK_EPS = 60, 2, 2, 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server on 127.0.0.1 with one bucket; env for the commands (endpoint, dummy credentials, cache)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"

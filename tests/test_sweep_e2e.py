@@ -1,7 +1,6 @@
 """A tiny real sweep end to end: real local Ray, real Fashion-MNIST, a real `mlflow server`, Parquet read back by
 pyarrow, pandas and DuckDB, MLflow queried with MlflowClient, frontier PNGs written."""
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
+from advsweep.cluster.loopback import free_port
 from advsweep.spec import parse_spec
 from advsweep.storage.parquet import read_examples, read_robustness, read_trials
 
@@ -24,16 +24,10 @@ N_TEST, N_TRIALS, N_ATTACK_EPS = 60, 2, 3  # fgsm × 2 ε + pgd × 1 ε
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
