@@ -25,6 +25,19 @@ def data(fashion_available):
     return ds.x_test[:N], ds.y_test[:N].astype(np.int64), np.arange(N), train
 
 
+def test_unit_seeds_follow_the_trials_position_not_tunes_random_trial_id():
+    """A rerun of a spec gets new Tune trial ids; its random starts must not change with them."""
+    pgd = AttackConfig("pgd", "pgd", (0.05, 0.1), {"steps": 2})
+    first = make_units("a1b2c_00000", [pgd], N, SHARD, trial_index=0)
+    rerun = make_units("f9e8d_00000", [pgd], N, SHARD, trial_index=0)
+    other = make_units("f9e8d_00001", [pgd], N, SHARD, trial_index=1)
+    assert [u.seed(0) for u in first] == [u.seed(0) for u in rerun]
+    assert not {u.seed(0) for u in first} & {u.seed(0) for u in other}
+    assert [u.seed(0) for u in first] != [u.seed(1) for u in first]
+    # No position known (a checkpoint evaluated on its own): the trial id decides.
+    assert make_units("x", [pgd], N, SHARD)[0].seed(0) != make_units("y", [pgd], N, SHARD)[0].seed(0)
+
+
 def test_minimal_attacks_run_once_per_shard_and_threshold_their_distance(tmp_path, data):
     x, y, index, train = data
     ckpt = _checkpoint(tmp_path / "c", 0, "mlp", train=train)

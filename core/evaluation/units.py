@@ -47,16 +47,20 @@ class Unit:
     attack: AttackConfig
     eps: tuple[float, ...]  # one ε, or all of a derived attack's ε
     shard: int
+    # The trial as seeds know it: its position in the spec's trial list ("#3"), which a rerun of the same spec
+    # keeps, while Tune's trial id is random per run. Falls back to the trial id when no position is known.
+    seed_key: str = ""
 
     @property
     def derived(self) -> bool:
         return self.attack.eps_from_distance
 
     def seed(self, base_seed: int) -> int:
-        """Stable per-unit seed: the same job always draws the same random starts, whatever ran before it. A derived
-        unit's seed does not depend on ε (one run serves them all)."""
+        """Stable per-unit seed: the same job always draws the same random starts, whatever ran before it, and a rerun
+        of the same spec draws the same ones again. A derived unit's seed does not depend on ε (one run serves them
+        all)."""
         eps = "derived" if self.derived else repr(self.eps[0])
-        key = f"{base_seed}|{self.trial_id}|{self.attack.label}|{self.attack.params_json()}|{eps}|{self.shard}"
+        key = f"{base_seed}|{self.seed_key or self.trial_id}|{self.attack.label}|{self.attack.params_json()}|{eps}|{self.shard}"
         return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
 
 
@@ -77,5 +81,6 @@ def make_units(trial_id: str, attacks: list[AttackConfig], n: int, shard_size: i
             groups = [tuple(sorted({*a.eps, 0.0})) if a.norm == "none" else tuple(a.eps)]
         else:
             groups = [(e,) for e in a.eps]
-        out += [Unit(trial_id, a, g, s) for g in groups for s in shards]
+        key = f"#{trial_index}" if trial_index is not None else trial_id
+        out += [Unit(trial_id, a, g, s, key) for g in groups for s in shards]
     return out
