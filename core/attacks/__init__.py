@@ -26,9 +26,17 @@ Per-example bookkeeping in `AttackResult`:
 - `info`: attack-specific metadata (e.g. the effective AutoAttack settings and which stage broke each example).
 
 `source_model` is reserved: the engine injects it (transfer attacks); a spec cannot set it.
+
+ε-batched passes: an attack with `batches_eps = True` (fgsm, pgd, pgd_l2) also runs one batch made of `Segment`s,
+consecutive examples each with its own ε and seed: `attack(x, y, segments=[...])`. The engine packs the shards of all
+ε of such an attack into passes of `batch_size` examples this way. A segment's random draws depend only on its seed,
+the restart and each example's position in its unit (`offset + i`), never on the pass it shares or the batch size, so
+every ε's rows are the same however the passes are cut. A direct call without segments draws its random start from
+torch's RNG seeded with the attack's seed, as torchattacks does.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,6 +47,22 @@ from advsweep.registry import Registry, import_submodules
 
 ATTACKS = Registry("attack", reserved=("model", "eps", "seed", "source_model"))
 register_attack = ATTACKS.register
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`size` consecutive examples of a pass attacked at `eps`; `seed` roots their random draws, and `offset` is the
+    position of the first of them in their unit (its shard)."""
+    size: int
+    eps: float
+    seed: int
+    offset: int = 0
+
+
+def example_generator(seed: int, restart: int, position: int) -> torch.Generator:
+    """The CPU generator of one example's random draws in one restart (see "ε-batched passes" above)."""
+    key = f"{seed}|{restart}|{position}".encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1)
 
 
 @dataclass
@@ -53,6 +77,7 @@ class AttackResult:
 class Attack:
     norm: ClassVar[str] = "linf"
     uses_gradients: ClassVar[bool] = True
+    batches_eps: ClassVar[bool] = False  # `run_segments` takes a pass of several ε (see "ε-batched passes")
 
     @classmethod
     def derives_eps(cls, options: dict[str, Any]) -> bool:
@@ -74,16 +99,27 @@ class Attack:
     def run(self, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    def run_segments(self, x: torch.Tensor, y: torch.Tensor, segments: list[Segment]) -> AttackResult:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, segments: list[Segment] | None = None) -> AttackResult:
         if x.min() < 0 or x.max() > 1:
             raise ValueError("attack inputs must lie in [0, 1]")
         if self.model.training:
             raise RuntimeError("attacks must run with the model in eval mode")
+        if segments is not None:
+            if not self.batches_eps:
+                raise TypeError(f"{type(self).__name__} does not run ε-batched passes")
+            if sum(s.size for s in segments) != len(x):
+                raise ValueError(f"segments cover {sum(s.size for s in segments)} examples, the batch has {len(x)}")
         y = y.to(x.device).long()
         devices = [x.device] if x.device.type != "cpu" else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             torch.manual_seed(self.seed)
-            result = self.run(x.detach(), y)
+            if segments is None:
+                result = self.run(x.detach(), y)
+            else:
+                result = self.run_segments(x.detach(), y, segments)
         result.x_adv = result.x_adv.detach()
         return result
 

@@ -52,16 +52,24 @@ def loss_per_example(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+def per_example(v: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A scalar as is, a per-example vector (ε-batched passes) reshaped to broadcast against `like`: the same
+    float32/float64 values either way, so both give identical iterates."""
+    return bview(v, like) if isinstance(v, torch.Tensor) else v
+
+
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    eps = per_example(eps, x)
     delta = torch.clamp(x_adv - x, min=-eps, max=eps)
     return torch.clamp(x + delta, min=0, max=1)
 
 
-def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    # The same operations as torchattacks PGDL2, so that the iterates agree bit for bit.
+def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    # The same operations as torchattacks PGDL2 (`eps / norms` on a tensor is `norms.reciprocal() * eps`), so that
+    # the iterates agree bit for bit.
     delta = x_adv - x
     norms = l2(delta)
-    factor = torch.min(eps / norms, torch.ones_like(norms))
+    factor = torch.min(norms.reciprocal() * eps, torch.ones_like(norms))
     return torch.clamp(x + delta * bview(factor, delta), min=0, max=1)
 
 

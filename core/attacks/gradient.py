@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
-from advsweep.attacks import Attack, AttackResult, register_attack
+from advsweep.attacks import Attack, AttackResult, Segment, example_generator, register_attack
 from advsweep.attacks._util import (
     GradLog,
     Probability,
@@ -31,6 +31,7 @@ from advsweep.attacks._util import (
     loss_per_example,
     margin_tolerance,
     margin,
+    per_example,
     predict,
     project_l2,
     project_linf,
@@ -50,9 +51,33 @@ def _grad(model, x_adv: torch.Tensor, y: torch.Tensor, loss: str, transform=None
     return logits.detach(), losses.detach(), g.detach()
 
 
+class _Segments:
+    """Per-example ε, step size and random streams of an ε-batched pass (see advsweep.attacks)."""
+
+    def __init__(self, segments: list[Segment], x: torch.Tensor, alpha_for=None):
+        if any(s.eps == 0 for s in segments) and any(s.eps != 0 for s in segments):
+            raise ValueError("an ε-batched pass cannot mix ε = 0 (x returned unchanged) with other ε")
+        self.members = [(s, s.offset + i) for s in segments for i in range(s.size)]
+        self.eps = torch.tensor([s.eps for s, _ in self.members], dtype=x.dtype, device=x.device)
+        self.alpha = (torch.tensor([alpha_for(s.eps) for s, _ in self.members], dtype=x.dtype, device=x.device)
+                      if alpha_for else None)
+
+    def generators(self, idx: torch.Tensor, restart: int) -> list[tuple[torch.Generator, float]]:
+        """(generator, ε) of each example in `idx` for one restart: the same draws whatever shares the pass."""
+        return [(example_generator(s.seed, restart, pos), s.eps) for s, pos in (self.members[j] for j in idx.tolist())]
+
+
+def _fgsm(model, x, y, eps, loss):
+    _, _, g = _grad(model, x, y, loss)
+    x_adv = torch.clamp(x + per_example(eps, g) * g.sign(), min=0, max=1)
+    return AttackResult(x_adv=x_adv, steps=torch.ones(len(x), dtype=torch.int32), grad_norm=l1(g).float().cpu())
+
+
 @register_attack("fgsm")
 class FGSM(Attack):
     """FGSM (Goodfellow et al.): one signed-gradient step of size eps."""
+
+    batches_eps = True
 
     def __init__(self, model, eps, seed, loss: Loss = "ce"):
         super().__init__(model, eps, seed)
@@ -61,9 +86,13 @@ class FGSM(Attack):
     def run(self, x, y):
         if self.eps == 0:
             return unchanged(x)
-        _, _, g = _grad(self.model, x, y, self.loss)
-        x_adv = torch.clamp(x + self.eps * g.sign(), min=0, max=1)
-        return AttackResult(x_adv=x_adv, steps=torch.ones(len(x), dtype=torch.int32), grad_norm=l1(g).float().cpu())
+        return _fgsm(self.model, x, y, self.eps, self.loss)
+
+    def run_segments(self, x, y, segments):
+        plan = _Segments(segments, x)
+        if not plan.eps.any():
+            return unchanged(x)
+        return _fgsm(self.model, x, y, plan.eps, self.loss)
 
 
 @register_attack("pgd")
@@ -77,21 +106,34 @@ class PGD(Attack):
     earlier restart broke; among unbroken restarts the one with the highest final loss is kept.
     """
 
+    batches_eps = True
+
     def __init__(self, model, eps, seed, steps: PositiveInt = 20, alpha: PositiveFloat | None = None,
                  restarts: PositiveInt = 1, random_start: bool = True, loss: Loss = "ce", keep_best: bool = True):
         super().__init__(model, eps, seed)
         self.steps, self.restarts, self.random_start, self.loss, self.keep_best = (
             steps, restarts, random_start, loss, keep_best)
-        self.alpha = alpha if alpha is not None else 2.5 * self.eps / steps
+        self.alpha_option = alpha
+        self.alpha = self.alpha_for(self.eps)
 
-    def _start(self, x):
-        return torch.clamp(x + torch.empty_like(x).uniform_(-self.eps, self.eps), min=0, max=1)
+    def alpha_for(self, eps: float) -> float:
+        return self.alpha_option if self.alpha_option is not None else 2.5 * eps / self.steps
 
-    def _step(self, x_adv, x, g):
-        return project_linf(x_adv + self.alpha * g.sign(), x, self.eps)
+    def _noise(self, x, eps, gens):
+        """The random start's offset: from torch's RNG (gens None) or one generator per example."""
+        if gens is None:
+            return torch.empty_like(x).uniform_(-eps, eps)
+        return torch.stack([torch.empty(x.shape[1:], dtype=x.dtype).uniform_(-e, e, generator=g)
+                            for g, e in gens]).to(x.device)
 
-    def _single_run(self, x, y, log: GradLog, idx: torch.Tensor):
-        x_adv = self._start(x) if self.random_start else x.clone()
+    def _start(self, x, eps, gens):
+        return torch.clamp(x + self._noise(x, eps, gens), min=0, max=1)
+
+    def _step(self, x_adv, x, g, eps, alpha):
+        return project_linf(x_adv + per_example(alpha, g) * g.sign(), x, eps)
+
+    def _single_run(self, x, y, log: GradLog, idx: torch.Tensor, eps, alpha, gens):
+        x_adv = self._start(x, eps, gens) if self.random_start else x.clone()
         best = x_adv.clone()
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.steps):
@@ -102,7 +144,7 @@ class PGD(Attack):
                 new = succ & ~found
                 best[new] = x_adv[new]
                 found |= succ
-            x_adv = self._step(x_adv, x, g).detach()
+            x_adv = self._step(x_adv, x, g, eps, alpha).detach()
         with torch.no_grad():
             logits = self.model(x_adv)
         succ = logits.argmax(1) != y
@@ -115,16 +157,26 @@ class PGD(Attack):
     def run(self, x, y):
         if self.eps == 0:
             return unchanged(x)
+        return self._restarts(x, y, lambda idx, r: (self.eps, self.alpha, None))
+
+    def run_segments(self, x, y, segments):
+        plan = _Segments(segments, x, self.alpha_for)
+        if not plan.eps.any():
+            return unchanged(x)
+        return self._restarts(x, y, lambda idx, r: (plan.eps[idx], plan.alpha[idx], plan.generators(idx, r)))
+
+    def _restarts(self, x, y, settings):
+        """`settings(idx, restart)` → (ε, step size, random streams) of the examples `idx` in that restart."""
         n = len(x)
         log = GradLog(n)
         x_adv = x.clone()
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-        best_loss = torch.full((n,), float("-inf"), device=x.device)
-        for _ in range(self.restarts):
+        best_loss = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+        for restart in range(self.restarts):
             idx = (~fooled).nonzero().flatten()
             if len(idx) == 0:
                 break
-            xa, succ, loss = self._single_run(x[idx], y[idx], log, idx)
+            xa, succ, loss = self._single_run(x[idx], y[idx], log, idx, *settings(idx, restart))
             take = succ | (loss > best_loss[idx])
             x_adv[idx[take]] = xa[take]
             best_loss[idx[take]] = loss[take]
@@ -139,16 +191,22 @@ class PGDL2(PGD):
 
     norm = "l2"
 
-    def _start(self, x):
-        delta = torch.empty_like(x).normal_()
+    def _start(self, x, eps, gens):
+        if gens is None:
+            delta = torch.empty_like(x).normal_()
+            r = torch.zeros(len(x), dtype=x.dtype, device=x.device).uniform_(0, 1)
+        else:  # per example: its direction, then its radius, from its own generator
+            draws = [(torch.empty(x.shape[1:], dtype=x.dtype).normal_(generator=g),
+                      torch.empty((), dtype=x.dtype).uniform_(0, 1, generator=g)) for g, _ in gens]
+            delta = torch.stack([d for d, _ in draws]).to(x.device)
+            r = torch.stack([r for _, r in draws]).to(x.device)
         n = l2(delta)
-        r = torch.zeros_like(n).uniform_(0, 1)
-        delta *= bview(r / n * self.eps, delta)
+        delta *= bview(r / n * per_example(eps, n), delta)
         return torch.clamp(x + delta, min=0, max=1)
 
-    def _step(self, x_adv, x, g):
+    def _step(self, x_adv, x, g, eps, alpha):
         g = g / bview(l2(g) + 1e-10, g)
-        return project_l2(x_adv + self.alpha * g, x, self.eps)
+        return project_l2(x_adv + per_example(alpha, g) * g, x, eps)
 
 
 class _MomentumFGSM(Attack):
