@@ -128,3 +128,28 @@ def test_multithreaded_worker_with_passive_openmp_gives_identical_rows(ray_local
         expected = default_worker_env(2).get("OMP_WAIT_POLICY", inherited) if env is None else inherited
         assert {i["omp_wait_policy"] for i in infos} == {expected}
         assert _rows(tmp_path / name).equals(ref), name
+
+
+def test_eps_batched_jobs_write_the_rows_of_one_unit_jobs(ray_local, job, tmp_path):
+    """batch_size 32 over shards of 16: FGSM's two ε share one job and its passes; PGD's single ε runs alone. The rows
+    equal those of every unit run as a job of its own (in this process, same batch size), one file per unit."""
+    from advsweep.evaluation.engine import EvalWorker, jobs
+    from advsweep.evaluation.units import make_units, shard_bounds
+
+    _, trials, x, y, index = job
+    seen = []
+    evaluate(tmp_path / "grouped", "sweep-x", trials, ATTACKS, x, y, index, shard_size=SHARD, batch_size=32,
+             base_seed=5, num_workers=2, progress=lambda unit, info: seen.append(unit))
+    units = [u for t in trials for u in make_units(t.trial_id, ATTACKS, N, SHARD, t.index)]
+    assert sorted(map(str, seen)) == sorted(map(str, units))  # progress is still counted per unit
+    grouped = jobs(units, [SHARD] * (N // SHARD), 32)
+    assert sorted(len(j) for j in grouped) == [1] * 6 + [2] * 6
+    worker = EvalWorker(str(tmp_path / "alone"), "sweep-x", 1, False)
+    bounds = shard_bounds(N, SHARD)
+    ckpt = {t.trial_id: t.checkpoint for t in trials}
+    for u in units:
+        lo, hi = bounds[u.shard]
+        worker.run(u, ckpt[u.trial_id], x[lo:hi], y[lo:hi], index[lo:hi], 5, 32)
+    alone = _rows(tmp_path / "alone").drop(columns=["node_id", "node_ip"])
+    assert _rows(tmp_path / "grouped").drop(columns=["node_id", "node_ip"]).equals(alone)
+    assert len(alone) == 2 * 3 * N

@@ -38,6 +38,28 @@ def test_unit_seeds_follow_the_trials_position_not_tunes_random_trial_id():
     assert make_units("x", [pgd], N, SHARD)[0].seed(0) != make_units("y", [pgd], N, SHARD)[0].seed(0)
 
 
+def test_jobs_pack_eps_batched_units_to_fill_a_pass():
+    """⌈batch / shard length⌉ ε of an ε-batched attack per job; attacks that cannot batch, derived units and ε = 0 run
+    alone."""
+    from advsweep.evaluation.engine import jobs
+
+    pgd = AttackConfig("pgd", "pgd", (0.0, 0.05, 0.1, 0.2), {"steps": 2})
+    sq = AttackConfig("square", "square", (0.05, 0.1), {"n_queries": 5})
+    df = AttackConfig("deepfool", "deepfool", (0.5, 2.0))
+    units = make_units("t0", [pgd, sq, df], 37, 16)  # shards of 16, 16, 5
+    grouped = jobs(units, [16, 16, 5], 32)
+    shape = sorted((j[0].attack.label, j[0].shard, tuple(u.eps[0] for u in j)) for j in grouped)
+    assert shape == sorted([
+        ("pgd", 0, (0.0,)), ("pgd", 1, (0.0,)), ("pgd", 2, (0.0,)),
+        ("pgd", 0, (0.05, 0.1)), ("pgd", 0, (0.2,)), ("pgd", 1, (0.05, 0.1)), ("pgd", 1, (0.2,)),
+        ("pgd", 2, (0.05, 0.1, 0.2)),
+        *[("square", s, (e,)) for s in range(3) for e in (0.05, 0.1)],
+        *[("deepfool", s, (0.0,)) for s in range(3)]])
+    assert sorted(map(str, sum(grouped, ()))) == sorted(map(str, units))
+    # A batch no larger than the shard: full shards fill their own passes; only the short last shard packs.
+    assert sorted(len(j) for j in jobs(units, [16, 16, 5], 16)) == [1] * (len(units) - 3) + [3]
+
+
 def test_minimal_attacks_run_once_per_shard_and_threshold_their_distance(tmp_path, data):
     x, y, index, train = data
     ckpt = _checkpoint(tmp_path / "c", 0, "mlp", train=train)

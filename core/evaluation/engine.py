@@ -85,36 +85,38 @@ class EvalWorker:
         self.models.move_to_end(checkpoint)
         return self.models[checkpoint]
 
-    def run(self, unit: Unit, checkpoint: str, x: np.ndarray, y: np.ndarray, index: np.ndarray, base_seed: int,
-            batch_size: int, source_checkpoint: str | None = None) -> dict[str, Any]:
-        from advsweep.evaluation.shard import predict_logits, run_unit
+    def run(self, units: Unit | tuple[Unit, ...], checkpoint: str, x: np.ndarray, y: np.ndarray, index: np.ndarray,
+            base_seed: int, batch_size: int, source_checkpoint: str | None = None) -> dict[str, Any]:
+        """Run one job: a unit, or several ε-batched units of one attack on one shard (see `jobs`)."""
+        from advsweep.evaluation.shard import predict_logits, run_units
         from advsweep.storage.parquet import write_atomic
         from advsweep.training.trainer import as_float_images
 
+        units = units if isinstance(units, tuple) else (units,)
         start, cpu_start = time.perf_counter(), time.process_time()
         model = self._model(checkpoint)
         source = self._model(source_checkpoint) if source_checkpoint else None
         xt = as_float_images(torch.from_numpy(np.array(x)))  # object-store arrays are read-only
         yt = torch.from_numpy(np.array(y)).long()
         # A warm pool's worker serves many evaluate() calls: the key names the examples, not just the shard number.
-        key = (checkpoint, unit.shard, batch_size, hash(np.asarray(index).tobytes()))
+        key = (checkpoint, units[0].shard, batch_size, hash(np.asarray(index).tobytes()))
         if key not in self.clean:
             self.clean[key] = predict_logits(model, xt, batch_size, self.device)
-        tables = run_unit(model, unit, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
-                          self.device, source_model=source)
+        tables = run_units(model, units, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
+                           self.device, source_model=source)
         if self.crash_marker and not os.path.exists(self.crash_marker):
-            Path(self.crash_marker).write_text(str(unit))
+            Path(self.crash_marker).write_text(str(units))
             os._exit(1)
         node = ray_node()
         paths = []
-        for eps, table in tables:
+        for unit, eps, table in tables:
             for name, value in node.items():  # where the unit ran, on every row
                 column = pa.array([value] * table.num_rows, pa.string())
                 table = table.set_column(table.schema.get_field_index(name), name, column)
             path = example_file(self.out_dir, unit.trial_id, unit.attack.label, eps, unit.shard)
             write_atomic(table, path, self.sweep_id)
             paths.append(str(path))
-        return {"paths": paths, "rows": sum(t.num_rows for _, t in tables), "examples": len(x),
+        return {"paths": paths, "rows": sum(t.num_rows for _, _, t in tables), "examples": len(x),
                 "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
                 "pid": os.getpid(), **node,
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
@@ -138,6 +140,36 @@ def pending_units(out_dir: str | Path, trials: list[TrialRef], attacks: list[Att
     todo = [u for u in units
             if not all(location.exists(example_file(out_dir, u.trial_id, u.attack.label, e, u.shard)) for e in u.eps)]
     return units, todo
+
+
+def jobs(units: list[Unit], shard_lengths: list[int], batch_size: int) -> list[tuple[Unit, ...]]:
+    """Units grouped into the jobs handed to workers. The ε-batched units of one (trial, attack, shard) share a job,
+    as many as fill one pass (⌈batch_size / shard length⌉): a shard smaller than the batch then fills its passes with
+    the next ε instead of running short ones, while workers still get as many jobs as possible. Every other unit is
+    a job of its own. Grouping never changes a unit's rows (see shard.run_units)."""
+    from advsweep.evaluation.shard import eps_batched
+
+    out: list[list[Unit]] = []
+    open_job: dict[tuple, list[Unit]] = {}
+    for u in units:
+        key = (u.trial_id, u.attack.label, u.shard)
+        per_job = -(-batch_size // shard_lengths[u.shard])
+        if not eps_batched(u) or per_job == 1:
+            out.append([u])
+            continue
+        job = open_job.get(key)
+        if job is None or len(job) >= per_job:
+            job = open_job[key] = []
+            out.append(job)
+        job.append(u)
+    return [tuple(j) for j in out]
+
+
+def _report(progress: Callable[[Unit, dict], None] | None, job: tuple[Unit, ...], info: dict[str, Any]) -> None:
+    """Progress is counted in units: a job's units share its time."""
+    if progress:
+        for u in job:
+            progress(u, {**info, "seconds": info["seconds"] / len(job)})
 
 
 class WorkerPool:
@@ -223,23 +255,25 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     `pool`: a `WorkerPool` whose warm actors this call uses and leaves warm (its own settings then replace
     `cpus_per_worker`, `gpus_per_worker`, `worker_env` and `crash_marker`); None: a pool for this call only.
     `in_process`: run the units in this process (the same worker code and files; no actor start-up, no retry of a
-    dying process) with torch threads = the node's free CPUs, at least `cpus_per_worker`; None: only for a job of
-    one pending unit on a one-node CPU cluster without a warm pool, where an actor could not run anything in
-    parallel and would only add its start-up."""
+    dying process) with torch threads = the node's free CPUs, at least `cpus_per_worker`; None: only when the
+    pending units make one job (see `jobs`) on a one-node CPU cluster without a warm pool, where an actor could not
+    run anything in parallel and would only add its start-up."""
     import ray
 
     out_dir = str(location.root(out_dir))
     units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
     if not todo:
         return {"units": len(units), "ran": 0, "resubmitted": 0}
+    bounds = shard_bounds(len(x), shard_size)
+    work = jobs(todo, [hi - lo for lo, hi in bounds], batch_size)
     if in_process is None:
-        in_process = (len(todo) == 1 and pool is None and not gpus_per_worker and crash_marker is None
+        in_process = (len(work) == 1 and pool is None and not gpus_per_worker and crash_marker is None
                       and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
     if in_process:
         free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else os.cpu_count() or 1
         threads = max(int(max(1, cpus_per_worker)), min(free, os.cpu_count() or 1))
-        return _evaluate_here(out_dir, sweep_id, trials, todo, len(units), x, y, index, shard_size, batch_size,
-                              base_seed, threads, gpus_per_worker > 0, source_checkpoints, progress)
+        return _evaluate_here(out_dir, sweep_id, trials, work, len(units), len(todo), x, y, index, shard_size,
+                              batch_size, base_seed, threads, gpus_per_worker > 0, source_checkpoints, progress)
     own_pool = pool is None
     if own_pool:
         pool = WorkerPool(out_dir, sweep_id, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
@@ -248,7 +282,6 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         raise ValueError(f"the worker pool writes {pool.out_dir} for {pool.sweep_id}, not {out_dir} for {sweep_id}")
     cpus_per_worker, gpus_per_worker = pool.cpus_per_worker, pool.gpus_per_worker
     ckpt = {t.trial_id: t.checkpoint for t in trials}
-    bounds = shard_bounds(len(x), shard_size)
 
     def slots() -> int:  # workers the alive nodes hold now (a lost node lowers it)
         res = ray.cluster_resources()
@@ -256,15 +289,15 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
 
     if num_workers is None:
         num_workers = max(1, slots())
-    num_workers = min(num_workers, len(todo))
+    num_workers = min(num_workers, len(work))
     evicted: set = set()  # actors killed because they never started while a started one sat idle
 
     # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
     free = pool.take(num_workers)
-    queue = list(reversed(todo))  # pop() from the end keeps the trial-major order: actors reuse loaded models
-    attempts: dict[Unit, int] = {}
-    inflight: dict[Any, tuple[Unit, Any]] = {}
+    queue = list(reversed(work))  # pop() from the end keeps the trial-major order: actors reuse loaded models
+    attempts: dict[tuple[Unit, ...], int] = {}
+    inflight: dict[Any, tuple[tuple[Unit, ...], Any]] = {}
     resubmitted = 0
     try:
         while queue or inflight:
@@ -273,12 +306,12 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
                 up = [a for a in free if pool.is_up(a)]
                 actor = up[0] if up else free[-1]
                 free.remove(actor)
-                unit = queue.pop()
-                attempts[unit] = attempts.get(unit, 0) + 1
-                src = (source_checkpoints or {}).get(unit.attack.label)
-                xs, ys, ids = refs[unit.shard]
-                ref = actor.run.remote(unit, ckpt[unit.trial_id], xs, ys, ids, base_seed, batch_size, src)
-                inflight[ref] = (unit, actor)
+                job = queue.pop()
+                attempts[job] = attempts.get(job, 0) + 1
+                src = (source_checkpoints or {}).get(job[0].attack.label)
+                xs, ys, ids = refs[job[0].shard]
+                ref = actor.run.remote(job, ckpt[job[0].trial_id], xs, ys, ids, base_seed, batch_size, src)
+                inflight[ref] = (job, actor)
             finished, _ = ray.wait(list(inflight), num_returns=1, timeout=10)
             if not finished:
                 # Work handed to an actor that never started (its slot went with a lost node, or an idle actor holds
@@ -290,28 +323,27 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
                             ray.kill(a)
                 continue
             done = finished[0]
-            unit, actor = inflight.pop(done)
+            job, actor = inflight.pop(done)
             try:
                 info = ray.get(done)
             except ray.exceptions.RayActorError:
                 pool.discard(actor)
-                if actor in evicted:  # never started, killed above: its unit goes to a started actor, not counted
-                    attempts[unit] -= 1
-                    queue.append(unit)
+                if actor in evicted:  # never started, killed above: its job goes to a started actor, not counted
+                    attempts[job] -= 1
+                    queue.append(job)
                     continue
                 # The process died (OOM, node loss, kill): the unit's file was not renamed into place, so run it
                 # again on a fresh actor. Its deterministic seed gives the same rows as an uninterrupted run.
-                if attempts[unit] >= MAX_ATTEMPTS:
-                    raise RuntimeError(f"unit {unit} failed {attempts[unit]} times: its worker keeps dying") from None
-                queue.append(unit)
+                if attempts[job] >= MAX_ATTEMPTS:
+                    raise RuntimeError(f"units {job} failed {attempts[job]} times: their worker keeps dying") from None
+                queue.append(job)
                 live = len(free) + len({id(a) for _, a in inflight.values()})
                 if live == 0 or live < min(num_workers, slots()):  # no replacement that only a lost node could hold
                     free.append(pool.new_actor())
                 resubmitted += 1
                 continue
             free.append(actor)
-            if progress:
-                progress(unit, info)
+            _report(progress, job, info)
     finally:
         # Actors still busy when an error ends the call are killed: their units were not counted as done.
         for _, a in inflight.values():
@@ -322,20 +354,19 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     return {"units": len(units), "ran": len(todo), "resubmitted": resubmitted}
 
 
-def _evaluate_here(out_dir, sweep_id, trials, todo, n_units, x, y, index, shard_size, batch_size, base_seed, threads,
-                   use_gpu, source_checkpoints, progress) -> dict[str, int]:
+def _evaluate_here(out_dir, sweep_id, trials, work, n_units, n_todo, x, y, index, shard_size, batch_size, base_seed,
+                   threads, use_gpu, source_checkpoints, progress) -> dict[str, int]:
     """`evaluate` in this process: the same worker code and files, this process's torch threads set for the call."""
     ckpt = {t.trial_id: t.checkpoint for t in trials}
     bounds = shard_bounds(len(x), shard_size)
     old_threads = torch.get_num_threads()
     try:
         worker = EvalWorker(out_dir, sweep_id, threads, use_gpu)
-        for unit in todo:
-            lo, hi = bounds[unit.shard]
-            info = worker.run(unit, ckpt[unit.trial_id], x[lo:hi], y[lo:hi], index[lo:hi], base_seed, batch_size,
-                              (source_checkpoints or {}).get(unit.attack.label))
-            if progress:
-                progress(unit, info)
+        for job in work:
+            lo, hi = bounds[job[0].shard]
+            info = worker.run(job, ckpt[job[0].trial_id], x[lo:hi], y[lo:hi], index[lo:hi], base_seed, batch_size,
+                              (source_checkpoints or {}).get(job[0].attack.label))
+            _report(progress, job, info)
     finally:
         torch.set_num_threads(old_threads)
-    return {"units": n_units, "ran": len(todo), "resubmitted": 0}
+    return {"units": n_units, "ran": n_todo, "resubmitted": 0}

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from advsweep.attacks import build_attack
+from advsweep.attacks import ATTACKS, Segment, build_attack
 from advsweep.attacks._util import bview, margin
 from advsweep.evaluation.units import Unit
 from advsweep.storage.parquet import examples_table
@@ -25,6 +25,61 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: to
     return logits.argmax(1) if len(logits) else torch.empty(0, dtype=torch.long)
 
 
+def eps_batched(unit: Unit) -> bool:
+    """Whether the unit runs through ε-batched passes (see advsweep.attacks): its attack takes segments and the unit
+    is one ε > 0."""
+    return ATTACKS.get(unit.attack.name).batches_eps and not unit.derived and unit.eps[0] > 0
+
+
+def run_units(model: torch.nn.Module, units: tuple[Unit, ...], x: torch.Tensor, y: torch.Tensor, index: np.ndarray,
+              clean_logits: torch.Tensor, sweep_id: str, base_seed: int, batch_size: int, device: torch.device,
+              source_model: torch.nn.Module | None = None) -> list[tuple[Unit, float, pa.Table]]:
+    """Run units of one attack on one shard: several ε-batched units (one per ε) share passes of `batch_size`
+    examples laid out ε after ε; any other unit runs alone. Returns (unit, ε, examples table) per ε."""
+    if len(units) > 1:
+        return _run_eps_batched(model, units, x, y, index, clean_logits, sweep_id, base_seed, batch_size, device)
+    return [(units[0], eps, t) for eps, t in run_unit(model, units[0], x, y, index, clean_logits, sweep_id,
+                                                         base_seed, batch_size, device, source_model)]
+
+
+def _run_eps_batched(model, units, x, y, index, clean_logits, sweep_id, base_seed, batch_size, device):
+    """Unit u covers pass positions [u·n, (u+1)·n); a pass holds `batch_size` consecutive positions, one segment per
+    unit it touches. The segments' random streams depend on the unit's seed and the example's position in the shard
+    only, so a unit's rows do not depend on which units shared its passes."""
+    if not all(eps_batched(u) and (u.trial_id, u.attack, u.shard) == (units[0].trial_id, units[0].attack,
+                                                                       units[0].shard) for u in units):
+        raise ValueError(f"not one attack's ε-batched units on one shard: {units}")
+    n, k = len(x), len(units)
+    seeds = [u.seed(base_seed) for u in units]
+    attack = build_attack(units[0].attack.name, model, max(u.eps[0] for u in units), seeds[0],
+                          **units[0].attack.options)
+    start = time.perf_counter()
+    adv = torch.empty((k * n, *x.shape[1:]), dtype=x.dtype)
+    steps = torch.zeros(k * n, dtype=torch.int32)
+    grad = torch.full((k * n,), math.nan)
+    for lo in range(0, k * n, batch_size):
+        hi = min(lo + batch_size, k * n)
+        pieces = [(u, max(lo, u * n) - u * n, min(hi, (u + 1) * n) - u * n) for u in range(lo // n, (hi - 1) // n + 1)]
+        xb = torch.cat([x[a:b] for _, a, b in pieces]).to(device)
+        yb = torch.cat([y[a:b] for _, a, b in pieces]).to(device)
+        res = attack(xb, yb, segments=[Segment(b - a, units[u].eps[0], seeds[u], a) for u, a, b in pieces])
+        adv[lo:hi] = res.x_adv.cpu()
+        steps[lo:hi] = res.steps.cpu()
+        grad[lo:hi] = res.grad_norm.cpu().float()
+    attack_wall = (time.perf_counter() - start) / k
+    out = []
+    for u, (unit, seed) in enumerate(zip(units, seeds)):
+        t0 = time.perf_counter()
+        x_adv = adv[u * n:(u + 1) * n]
+        adv_logits = predict_logits(model, x_adv, batch_size, device)
+        common = {"steps": steps[u * n:(u + 1) * n].numpy(), "grad_norm": grad[u * n:(u + 1) * n],
+                  "distance": torch.full((n,), math.nan), "seed": seed,
+                  "wall": attack_wall + time.perf_counter() - t0}
+        eps = unit.eps[0]
+        out.append((unit, eps, _table(unit, eps, x, y, index, clean_logits, x_adv, adv_logits, sweep_id, common)))
+    return out
+
+
 def run_unit(model: torch.nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tensor, index: np.ndarray,
              clean_logits: torch.Tensor, sweep_id: str, base_seed: int, batch_size: int,
              device: torch.device, source_model: torch.nn.Module | None = None) -> list[tuple[float, pa.Table]]:
@@ -34,7 +89,11 @@ def run_unit(model: torch.nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tenso
     The robust flag and the `margin` column are decided on the returned points, re-evaluated here in the engine's
     batch size, never on what the attack saw while crafting. A derived unit (see units.py) runs the attack once at
     the largest ε and keeps, per ε, the adversarial only where its distance ≤ ε (any distance for a
-    minimal-distortion attack at ε = 0)."""
+    minimal-distortion attack at ε = 0). An ε-batched unit runs through segments (its random starts then depend on
+    its seed and each example's position in the shard, not on the batch size)."""
+    if eps_batched(unit):
+        return [(eps, t) for _, eps, t in _run_eps_batched(model, (unit,), x, y, index, clean_logits, sweep_id,
+                                                             base_seed, batch_size, device)]
     seed = unit.seed(base_seed)
     options = dict(unit.attack.options)
     if source_model is not None:
