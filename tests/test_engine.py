@@ -121,7 +121,7 @@ def test_multithreaded_worker_with_passive_openmp_gives_identical_rows(ray_local
     for name, env in (("passive", None), ("inherited", {})):
         infos = []
         evaluate(tmp_path / name, "sweep-x", trials, ATTACKS, x, y, index, shard_size=SHARD, batch_size=8,
-                 base_seed=5, num_workers=1, cpus_per_worker=2, worker_env=env,
+                 base_seed=5, num_workers=1, cpus_per_worker=2, worker_env=env, head_start=False,
                  progress=lambda unit, info: infos.append(info))
         assert {i["threads"] for i in infos} == {2}
         inherited = os.environ.get("OMP_WAIT_POLICY")  # the workers inherit the driver's environment

@@ -52,7 +52,7 @@ def _gone(pids, timeout=20.0) -> bool:
 
 def test_warm_pool_across_calls_gives_the_fresh_actor_rows(ray_local, job, tmp_path):
     trials = job[0]
-    _, fresh = _eval(tmp_path / "fresh", job, trials, num_workers=2)
+    _, fresh = _eval(tmp_path / "fresh", job, trials, num_workers=2, head_start=False)
     with WorkerPool(tmp_path / "warm", "sweep-p") as pool:
         # one call per trial, as the overlapped evaluation makes them: the second reuses the first's processes
         _, first = _eval(tmp_path / "warm", job, trials[:1], num_workers=2, pool=pool)
@@ -88,11 +88,28 @@ def test_single_unit_job_runs_in_process_with_the_actor_rows(ray_local, job, tmp
     assert counts["ran"] == 1 and here[0]["pid"] == os.getpid()  # auto: one pending unit runs here
     threads = min(2, os.cpu_count())  # the node's free CPUs (ray_local has 2), at most the machine's
     assert here[0]["threads"] == threads
-    _, actor = _eval(tmp_path / "actor", small, trials[:1], one, in_process=False, cpus_per_worker=threads)
+    _, actor = _eval(tmp_path / "actor", small, trials[:1], one, in_process=False, cpus_per_worker=threads,
+                     head_start=False)
     assert actor[0]["pid"] != os.getpid() and actor[0]["threads"] == threads
     assert _rows(tmp_path / "here").equals(_rows(tmp_path / "actor"))
     # A job of several units still goes to actors; forcing it here gives the same rows.
-    _, many = _eval(tmp_path / "many", job, trials, num_workers=1, cpus_per_worker=threads)
+    _, many = _eval(tmp_path / "many", job, trials, num_workers=1, cpus_per_worker=threads, head_start=False)
     assert os.getpid() not in {i["pid"] for i in many}
     _eval(tmp_path / "many-here", job, trials, in_process=True)
     assert _rows(tmp_path / "many-here").equals(_rows(tmp_path / "many"))
+
+
+def test_head_start_runs_jobs_here_until_an_actor_is_up(ray_local, job, tmp_path):
+    """A fresh call's first jobs run in this process while its actors start; the rows are those of an actor-only run,
+    every unit once, and this process's torch thread count is restored."""
+    import torch
+
+    trials = job[0]
+    threads = torch.get_num_threads()
+    counts, infos = _eval(tmp_path / "head", job, trials, num_workers=2)
+    assert counts["ran"] == counts["units"] == len(infos)
+    here = [i for i in infos if i["pid"] == os.getpid()]
+    assert here and all(i["threads"] == 1 for i in here)  # one worker's threads, not the machine's
+    assert torch.get_num_threads() == threads
+    _eval(tmp_path / "actors", job, trials, num_workers=2, head_start=False)
+    assert _rows(tmp_path / "head").equals(_rows(tmp_path / "actors"))

@@ -247,7 +247,7 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
              source_checkpoints: dict[str, str] | None = None, progress: Callable[[Unit, dict], None] | None = None,
              crash_marker: str | None = None, worker_env: dict[str, str] | None = None,
              skip: set[tuple[str, str]] = frozenset(), pool: WorkerPool | None = None,
-             in_process: bool | None = None) -> dict[str, int]:
+             in_process: bool | None = None, head_start: bool | None = None) -> dict[str, int]:
     """Run every pending unit on a pool of actors; returns counts. Ray must be initialised by the caller.
 
     `source_checkpoints` maps an attack label to the checkpoint it crafts on (transfer attacks). `worker_env`:
@@ -257,7 +257,11 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     `in_process`: run the units in this process (the same worker code and files; no actor start-up, no retry of a
     dying process) with torch threads = the node's free CPUs, at least `cpus_per_worker`; None: only when the
     pending units make one job (see `jobs`) on a one-node CPU cluster without a warm pool, where an actor could not
-    run anything in parallel and would only add its start-up."""
+    run anything in parallel and would only add its start-up.
+    `head_start`: while the fresh actors of this call start (a process, torch, the model: seconds), this process runs
+    jobs itself with one worker's threads, and stops taking jobs once an actor is up; jobs go only to actors that are
+    up meanwhile, so a short job never waits for a start-up. None: on for a call without a warm pool on a one-node CPU
+    cluster (no crash marker)."""
     import ray
 
     out_dir = str(location.root(out_dir))
@@ -266,9 +270,10 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         return {"units": len(units), "ran": 0, "resubmitted": 0}
     bounds = shard_bounds(len(x), shard_size)
     work = jobs(todo, [hi - lo for lo, hi in bounds], batch_size)
+    one_cpu_node = (pool is None and not gpus_per_worker and crash_marker is None
+                    and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
     if in_process is None:
-        in_process = (len(work) == 1 and pool is None and not gpus_per_worker and crash_marker is None
-                      and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
+        in_process = len(work) == 1 and one_cpu_node
     if in_process:
         free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else os.cpu_count() or 1
         threads = max(int(max(1, cpus_per_worker)), min(free, os.cpu_count() or 1))
@@ -296,14 +301,20 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
     free = pool.take(num_workers)
     queue = list(reversed(work))  # pop() from the end keeps the trial-major order: actors reuse loaded models
+    here = _HeadStart(out_dir, sweep_id, cpus_per_worker) if (one_cpu_node if head_start is None else head_start) \
+        else None
     attempts: dict[tuple[Unit, ...], int] = {}
     inflight: dict[Any, tuple[tuple[Unit, ...], Any]] = {}
     resubmitted = 0
     try:
         while queue or inflight:
+            if here is not None and any(pool.is_up(a) for a in [*free, *(a for _, a in inflight.values())]):
+                here = here.stop()
             while queue and free:
                 # A replacement actor may wait for a slot that only the idle actors hold: prefer actors that are up.
                 up = [a for a in free if pool.is_up(a)]
+                if here is not None and not up:
+                    break  # this process is working meanwhile: no job waits for an actor's start-up
                 actor = up[0] if up else free[-1]
                 free.remove(actor)
                 job = queue.pop()
@@ -312,6 +323,15 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
                 xs, ys, ids = refs[job[0].shard]
                 ref = actor.run.remote(job, ckpt[job[0].trial_id], xs, ys, ids, base_seed, batch_size, src)
                 inflight[ref] = (job, actor)
+            if here is not None:
+                if queue:
+                    job = queue.pop()
+                    lo, hi = bounds[job[0].shard]
+                    _report(progress, job, here.run(job, ckpt[job[0].trial_id], x[lo:hi], y[lo:hi], index[lo:hi],
+                                                    base_seed, batch_size,
+                                                    (source_checkpoints or {}).get(job[0].attack.label)))
+                    continue
+                here = here.stop()
             finished, _ = ray.wait(list(inflight), num_returns=1, timeout=10)
             if not finished:
                 # Work handed to an actor that never started (its slot went with a lost node, or an idle actor holds
@@ -345,6 +365,8 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
             free.append(actor)
             _report(progress, job, info)
     finally:
+        if here is not None:
+            here.stop()
         # Actors still busy when an error ends the call are killed: their units were not counted as done.
         for _, a in inflight.values():
             pool.discard(a)
@@ -352,6 +374,20 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         if own_pool:
             pool.close()
     return {"units": len(units), "ran": len(todo), "resubmitted": resubmitted}
+
+
+class _HeadStart:
+    """This process as a worker while the actors start: an `EvalWorker` with one worker's threads, this process's
+    own thread count restored by `stop()` (which returns None, for `here = here.stop()`)."""
+
+    def __init__(self, out_dir: str, sweep_id: str, cpus_per_worker: float):
+        self.threads = torch.get_num_threads()
+        self.worker = EvalWorker(out_dir, sweep_id, int(max(1, cpus_per_worker)), False)
+        self.run = self.worker.run
+
+    def stop(self) -> None:
+        torch.set_num_threads(self.threads)
+        self.worker = self.run = None
 
 
 def _evaluate_here(out_dir, sweep_id, trials, work, n_units, n_todo, x, y, index, shard_size, batch_size, base_seed,
