@@ -4,11 +4,12 @@
 For each attack and job size, in one run, interleaved ABBA (A B C C B A for two rounds, so that a drifting machine
 load affects every arm alike):
 
-  (A) plain loop: one process, torch threads = --threads; per trial and ε, per batch: clean prediction, the attack
-      (advsweep's own attack class, with the engine's per-unit seed, so rows are comparable one by one), adversarial
-      prediction. Its start-up is nil (torch and the data are already in the process).
+  (A) plain loop: one process, torch threads = --threads; per trial and ε, per batch of --batch examples: clean
+      prediction, the attack (advsweep's own attack class, with the engine's seeds, so rows are comparable one by
+      one), adversarial prediction. Its start-up is nil (torch and the data are already in the process).
   (B) the engine as a user calls it once (`evaluate`, default layout: one 1-thread worker per core): actor start-up
-      included. A job of one unit runs in process (no actors).
+      included. Work that makes one engine job runs in process (no actors); otherwise the calling process runs jobs
+      itself until an actor is up (head start).
   (C) the engine on a warm pool (`WorkerPool`, as in a sweep whose actors are already up): one pool for the whole
       benchmark, started and waited for once (that wait is the fixed start-up, reported apart); its actors keep the
       models and clean predictions of earlier runs, as in a sweep's evaluation stage after overlapped evaluation or a
@@ -124,31 +125,44 @@ def matmul_peak(device: str, threads: int) -> float:
 
 
 def plain_loop(trials, attack, eps_list, x, y, index, shard, batch, base_seed, device):
-    """(A): one process, no Ray, no files: returns robust flags and adversarial predictions keyed like the engine's."""
-    from advsweep.attacks import build_attack
+    """(A): one process, no Ray, no files, batches of `batch` over all examples, one ε after another: returns robust
+    flags and adversarial predictions keyed like the engine's. Random starts follow the engine's convention (each
+    example's draws from its unit's seed and its position in its shard: `Segment`s), so that rows can be compared."""
+    from advsweep.attacks import ATTACKS, Segment, build_attack
     from advsweep.evaluation.checkpoints import load_model
-    from advsweep.evaluation.units import Unit, shard_bounds
+    from advsweep.evaluation.units import make_units
     from advsweep.training.trainer import as_float_images
 
     dev = torch.device(device)
     xt, yt = as_float_images(torch.from_numpy(x)), torch.from_numpy(y).long()
+    segmented = ATTACKS.get(attack.name).batches_eps
     out = {}
     for t in trials:
         model = load_model(t.checkpoint, dev)
+        seeds = {(u.eps[0], u.shard): u.seed(base_seed) for u in make_units(t.trial_id, [attack], len(x), shard)}
         for eps in eps_list:
-            for s, (lo, hi) in enumerate(shard_bounds(len(x), shard)):
-                seed = Unit(t.trial_id, attack, (eps,), s).seed(base_seed)
-                atk = build_attack(attack.name, model, eps, seed, **attack.options)
-                for i in range(lo, hi, batch):
-                    xb, yb = xt[i:min(i + batch, hi)].to(dev), yt[i:min(i + batch, hi)].to(dev)
-                    with torch.no_grad():
-                        clean = model(xb).argmax(1)
-                    adv = atk(xb, yb).x_adv
-                    with torch.no_grad():
-                        pred = model(adv).argmax(1)
-                    for j, k in enumerate(range(i, min(i + batch, hi))):
-                        out[(t.trial_id, eps, int(index[k]))] = (bool(clean[j] == yb[j] and pred[j] == yb[j]),
-                                                                 int(pred[j]))
+            if segmented:  # batches over all examples; a batch that spans shards has one segment per shard
+                atk = build_attack(attack.name, model, eps, seeds[(eps, 0)], **attack.options)
+                batches = [(i, min(i + batch, len(x)), None) for i in range(0, len(x), batch)]
+            else:  # an attack without segments draws per call from its seed: batches within each shard
+                batches = [(i, min(i + batch, hi), s) for s, lo in enumerate(range(0, len(x), shard))
+                           for hi in [min(lo + shard, len(x))] for i in range(lo, hi, batch)]
+            for i, end, s in batches:
+                xb, yb = xt[i:end].to(dev), yt[i:end].to(dev)
+                with torch.no_grad():
+                    clean = model(xb).argmax(1)
+                if segmented:
+                    starts = [i, *range((i // shard + 1) * shard, end, shard)]
+                    segments = [Segment(min((f // shard + 1) * shard, end) - f, eps, seeds[(eps, f // shard)],
+                                        f % shard) for f in starts]
+                    adv = atk(xb, yb, segments=segments).x_adv
+                else:
+                    adv = build_attack(attack.name, model, eps, seeds[(eps, s)], **attack.options)(xb, yb).x_adv
+                with torch.no_grad():
+                    pred = model(adv).argmax(1)
+                for j, k in enumerate(range(i, end)):
+                    out[(t.trial_id, eps, int(index[k]))] = (bool(clean[j] == yb[j] and pred[j] == yb[j]),
+                                                             int(pred[j]))
     return out
 
 

@@ -99,17 +99,23 @@ def test_single_unit_job_runs_in_process_with_the_actor_rows(ray_local, job, tmp
     assert _rows(tmp_path / "many-here").equals(_rows(tmp_path / "many"))
 
 
-def test_head_start_runs_jobs_here_until_an_actor_is_up(ray_local, job, tmp_path):
-    """A fresh call's first jobs run in this process while its actors start; the rows are those of an actor-only run,
-    every unit once, and this process's torch thread count is restored."""
+def test_head_start_runs_jobs_here_until_an_actor_is_up(ray_local, job, tmp_path, monkeypatch):
+    """A fresh call's first jobs run in this process (the node's free CPUs as threads); actors start only when the
+    work left exceeds their start-up (forced here: 0 s) and take over once up. The rows are those of an actor-only
+    run, every unit once, and this process's torch thread count is restored."""
     import torch
+
+    from advsweep.evaluation import engine
 
     trials = job[0]
     threads = torch.get_num_threads()
+    short, _ = _eval(tmp_path / "short", job, trials, num_workers=2)  # seconds of work: usually all done here
+    monkeypatch.setattr(engine, "HEAD_START_S", 0.0)
     counts, infos = _eval(tmp_path / "head", job, trials, num_workers=2)
-    assert counts["ran"] == counts["units"] == len(infos)
+    assert counts["ran"] == counts["units"] == len(infos) == short["ran"]
     here = [i for i in infos if i["pid"] == os.getpid()]
-    assert here and all(i["threads"] == 1 for i in here)  # one worker's threads, not the machine's
+    assert here and all(i["threads"] == min(2, os.cpu_count()) for i in here)
     assert torch.get_num_threads() == threads
     _eval(tmp_path / "actors", job, trials, num_workers=2, head_start=False)
-    assert _rows(tmp_path / "head").equals(_rows(tmp_path / "actors"))
+    actors = _rows(tmp_path / "actors")
+    assert _rows(tmp_path / "head").equals(actors) and _rows(tmp_path / "short").equals(actors)

@@ -23,6 +23,10 @@ from advsweep.storage import location
 from advsweep.storage.parquet import example_file
 
 MAX_ATTEMPTS = 3  # per unit, for failures of the actor process (not for bugs: those raise at once)
+# Work left (at the calling process's pace) above which a fresh call starts actors. Measured on an idle 2-core
+# machine (benchmarks/engine_speed.py): two actors take ≈ 5 s to start (≈ 6 CPU-seconds of imports) and then run
+# 1.1–1.3× faster than one 2-thread process, which repays the start-up only for work of ≈ 20 s and more.
+HEAD_START_S = 20.0
 
 # OpenMP variables that, when set in the driver's environment, leave the workers' OpenMP wait policy to the user.
 _OMP_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -65,6 +69,7 @@ class EvalWorker:
     def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, cache_models: int = 4,
                  crash_marker: str | None = None, nice: int = 0):
         torch.set_num_threads(max(1, threads))
+        import advsweep.evaluation.shard  # noqa: F401  (the attacks: an actor is up once it can run a unit at once)
         if nice:  # a background worker (overlapped evaluation): the OS runs training first when cores are short
             os.nice(nice)
         self.out_dir, self.sweep_id = out_dir, sweep_id
@@ -258,10 +263,11 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     dying process) with torch threads = the node's free CPUs, at least `cpus_per_worker`; None: only when the
     pending units make one job (see `jobs`) on a one-node CPU cluster without a warm pool, where an actor could not
     run anything in parallel and would only add its start-up.
-    `head_start`: while the fresh actors of this call start (a process, torch, the model: seconds), this process runs
-    jobs itself with one worker's threads, and stops taking jobs once an actor is up; jobs go only to actors that are
-    up meanwhile, so a short job never waits for a start-up. None: on for a call without a warm pool on a one-node CPU
-    cluster (no crash marker)."""
+    `head_start`: this process runs the first jobs itself (torch threads = the node's free CPUs) and starts the
+    actors only once the work left, at the pace of the jobs done so far, exceeds `HEAD_START_S`; it stops taking
+    jobs as soon as an actor is up, and jobs go only to actors that are up meanwhile. So work shorter than an actor's
+    start-up never waits for one. None: on for a call without a warm pool on a one-node CPU cluster (no crash
+    marker)."""
     import ray
 
     out_dir = str(location.root(out_dir))
@@ -274,9 +280,9 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
                     and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
     if in_process is None:
         in_process = len(work) == 1 and one_cpu_node
+    free_cpus = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else os.cpu_count() or 1
+    threads = max(int(max(1, cpus_per_worker)), min(free_cpus, os.cpu_count() or 1))  # for work in this process
     if in_process:
-        free = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else os.cpu_count() or 1
-        threads = max(int(max(1, cpus_per_worker)), min(free, os.cpu_count() or 1))
         return _evaluate_here(out_dir, sweep_id, trials, work, len(units), len(todo), x, y, index, shard_size,
                               batch_size, base_seed, threads, gpus_per_worker > 0, source_checkpoints, progress)
     own_pool = pool is None
@@ -299,15 +305,17 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
 
     # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
-    free = pool.take(num_workers)
+    here = _HeadStart(out_dir, sweep_id, threads) if (one_cpu_node if head_start is None else head_start) else None
+    free = pool.take(num_workers) if here is None else []  # with a head start, actors start when work is left
+    launched = here is None
     queue = list(reversed(work))  # pop() from the end keeps the trial-major order: actors reuse loaded models
-    here = _HeadStart(out_dir, sweep_id, cpus_per_worker) if (one_cpu_node if head_start is None else head_start) \
-        else None
     attempts: dict[tuple[Unit, ...], int] = {}
     inflight: dict[Any, tuple[tuple[Unit, ...], Any]] = {}
     resubmitted = 0
     try:
         while queue or inflight:
+            if not launched and here.seconds_left(len(queue)) > HEAD_START_S:
+                free, launched = pool.take(num_workers), True
             if here is not None and any(pool.is_up(a) for a in [*free, *(a for _, a in inflight.values())]):
                 here = here.stop()
             while queue and free:
@@ -377,17 +385,26 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
 
 
 class _HeadStart:
-    """This process as a worker while the actors start: an `EvalWorker` with one worker's threads, this process's
-    own thread count restored by `stop()` (which returns None, for `here = here.stop()`)."""
+    """This process as a worker before the actors are up: an `EvalWorker` with `threads` threads, this process's own
+    thread count restored by `stop()` (which returns None, for `here = here.stop()`)."""
 
-    def __init__(self, out_dir: str, sweep_id: str, cpus_per_worker: float):
+    def __init__(self, out_dir: str, sweep_id: str, threads: int):
         self.threads = torch.get_num_threads()
-        self.worker = EvalWorker(out_dir, sweep_id, int(max(1, cpus_per_worker)), False)
-        self.run = self.worker.run
+        self.worker = EvalWorker(out_dir, sweep_id, threads, False)
+        self.jobs, self.seconds = 0, 0.0
+
+    def run(self, *args) -> dict[str, Any]:
+        info = self.worker.run(*args)
+        self.jobs, self.seconds = self.jobs + 1, self.seconds + info["seconds"]
+        return info
+
+    def seconds_left(self, jobs_left: int) -> float:
+        """The work left at this process's pace so far (0 before its first job)."""
+        return self.seconds / self.jobs * jobs_left if self.jobs else 0.0
 
     def stop(self) -> None:
         torch.set_num_threads(self.threads)
-        self.worker = self.run = None
+        self.worker = None
 
 
 def _evaluate_here(out_dir, sweep_id, trials, work, n_units, n_todo, x, y, index, shard_size, batch_size, base_seed,
