@@ -21,6 +21,19 @@ def _seedless(key: str) -> bool:
     return not (key == "seed" or key.endswith(".seed") or key.endswith("_seed"))
 
 
+def _is_name(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] == "name"
+
+
+def _rank(key: str) -> int:
+    """Names first: the model, its components (`model.frontend.name`), the recipe; then the rest in spec order."""
+    if key == NAME_FIELDS[0]:
+        return 0
+    if key.startswith("model.") and _is_name(key):
+        return 1
+    return 2 if _is_name(key) else 3
+
+
 def varying_keys(flats: Iterable[dict[str, Any]], axes: Iterable[str] = ()) -> list[str]:
     """Flat config keys that vary among these configs, plus the given search axes; names first, then spec order."""
     flats = list(flats)
@@ -33,15 +46,15 @@ def varying_keys(flats: Iterable[dict[str, Any]], axes: Iterable[str] = ()) -> l
                 values[k] = set()
             if v is not None:
                 values[k].add(json.dumps(v, sort_keys=True, default=str))
-    cands = sorted([k for k in order if len(values[k]) > 1 and _seedless(k)],
-                   key=lambda k: (k not in NAME_FIELDS, NAME_FIELDS.index(k) if k in NAME_FIELDS else 0))
+    cands = sorted([k for k in order if len(values[k]) > 1 and _seedless(k)], key=_rank)
     # A key whose value follows from the keys already kept (a family's own epochs or lr once the family's model and
-    # recipe are named) tells nothing new: keep a key only if it splits configurations the kept keys do not.
+    # recipe are named) tells nothing new: keep a key only if it splits configurations the kept keys do not. A
+    # component's name (a stacked model's front end) is always kept when it varies: it says what the trial is.
     keys: list[str] = []
     distinct = 1
     for k in cands:
         n = len({tuple(json.dumps(f.get(c), sort_keys=True, default=str) for c in keys + [k]) for f in flats})
-        if n > distinct:
+        if n > distinct or _is_name(k):
             keys.append(k)
             distinct = n
     keys += [a for a in axes if a not in keys and _seedless(a)]

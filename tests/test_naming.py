@@ -39,3 +39,11 @@ def test_clashing_keys_get_a_longer_label_and_search_axes_always_count():
 def test_searched_trials_are_named_by_their_axes():
     s = load_spec(SWEEPS / "quickstart.yaml")
     assert s.search_axes() == ["model.solver", "model.name"]
+
+
+def test_a_stacked_models_varying_front_end_is_named():
+    """The front end's name is kept even where the recipe already tells the two stacked trials apart."""
+    names, _ = load_spec(SWEEPS / "papers" / "contractive.yaml").trial_names()
+    stacked = [n for n in names if n.startswith("stacked")]
+    assert stacked == ["stacked·blur·natural", "stacked·dae·gaussian_noise·sigma=0.1·variant=L1"]
+    assert len(set(names)) == len(names)
