@@ -86,22 +86,24 @@ def test_single_unit_job_runs_in_process_with_the_actor_rows(ray_local, job, tmp
     small = (trials, x[:SHARD], y[:SHARD], index[:SHARD])
     counts, here = _eval(tmp_path / "here", small, trials[:1], one)
     assert counts["ran"] == 1 and here[0]["pid"] == os.getpid()  # auto: one pending unit runs here
-    threads = min(2, os.cpu_count())  # the node's free CPUs (ray_local has 2), at most the machine's
-    assert here[0]["threads"] == threads
+    assert here[0]["threads"] == 1  # a worker's threads, as on an actor
+    threads = min(2, os.cpu_count())
     _, actor = _eval(tmp_path / "actor", small, trials[:1], one, in_process=False, cpus_per_worker=threads,
                      head_start=False)
+    _, here2 = _eval(tmp_path / "here2", small, trials[:1], one, cpus_per_worker=threads)
+    assert here2[0]["pid"] == os.getpid() and here2[0]["threads"] == threads
     assert actor[0]["pid"] != os.getpid() and actor[0]["threads"] == threads
-    assert _rows(tmp_path / "here").equals(_rows(tmp_path / "actor"))
+    assert _rows(tmp_path / "here2").equals(_rows(tmp_path / "actor"))
     # A job of several units still goes to actors; forcing it here gives the same rows.
     _, many = _eval(tmp_path / "many", job, trials, num_workers=1, cpus_per_worker=threads, head_start=False)
     assert os.getpid() not in {i["pid"] for i in many}
-    _eval(tmp_path / "many-here", job, trials, in_process=True)
+    _eval(tmp_path / "many-here", job, trials, in_process=True, cpus_per_worker=threads)
     assert _rows(tmp_path / "many-here").equals(_rows(tmp_path / "many"))
 
 
 def test_head_start_runs_jobs_here_until_an_actor_is_up(ray_local, job, tmp_path, monkeypatch):
-    """A fresh call's first jobs run in this process (the node's free CPUs as threads); actors start only when the
-    work left exceeds their start-up (forced here: 0 s) and take over once up. The rows are those of an actor-only
+    """A fresh call's first jobs run in this process (a worker's threads); actors start only when the work left
+    exceeds their start-up (forced here: 0 s) and take over once up. The rows are those of an actor-only
     run, every unit once, and this process's torch thread count is restored."""
     import torch
 
@@ -114,7 +116,7 @@ def test_head_start_runs_jobs_here_until_an_actor_is_up(ray_local, job, tmp_path
     counts, infos = _eval(tmp_path / "head", job, trials, num_workers=2)
     assert counts["ran"] == counts["units"] == len(infos) == short["ran"]
     here = [i for i in infos if i["pid"] == os.getpid()]
-    assert here and all(i["threads"] == min(2, os.cpu_count()) for i in here)
+    assert here and all(i["threads"] == 1 for i in here)
     assert torch.get_num_threads() == threads
     _eval(tmp_path / "actors", job, trials, num_workers=2, head_start=False)
     actors = _rows(tmp_path / "actors")

@@ -23,10 +23,10 @@ from advsweep.storage import location
 from advsweep.storage.parquet import example_file
 
 MAX_ATTEMPTS = 3  # per unit, for failures of the actor process (not for bugs: those raise at once)
-# Work left (at the calling process's pace) above which a fresh call starts actors. Measured on an idle 2-core
-# machine (benchmarks/engine_speed.py): two actors take ≈ 5 s to start (≈ 6 CPU-seconds of imports) and then run
-# 1.1–1.3× faster than one 2-thread process, which repays the start-up only for work of ≈ 20 s and more.
-HEAD_START_S = 20.0
+# Work left (at the calling process's pace, one worker's threads) above which a fresh call starts actors. On an idle
+# 2-core machine (benchmarks/engine_speed.py) two actors take ≈ 5 s to start and then do the work of two such
+# processes; starting them pays once the work left exceeds ≈ 1.3 × that start-up.
+HEAD_START_S = 6.0
 
 # OpenMP variables that, when set in the driver's environment, leave the workers' OpenMP wait policy to the user.
 _OMP_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -260,10 +260,10 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     `pool`: a `WorkerPool` whose warm actors this call uses and leaves warm (its own settings then replace
     `cpus_per_worker`, `gpus_per_worker`, `worker_env` and `crash_marker`); None: a pool for this call only.
     `in_process`: run the units in this process (the same worker code and files; no actor start-up, no retry of a
-    dying process) with torch threads = the node's free CPUs, at least `cpus_per_worker`; None: only when the
+    dying process) with a worker's torch threads (`cpus_per_worker`); None: only when the
     pending units make one job (see `jobs`) on a one-node CPU cluster without a warm pool, where an actor could not
     run anything in parallel and would only add its start-up.
-    `head_start`: this process runs the first jobs itself (torch threads = the node's free CPUs) and starts the
+    `head_start`: this process runs the first jobs itself (a worker's torch threads) and starts the
     actors only once the work left, at the pace of the jobs done so far, exceeds `HEAD_START_S`; it stops taking
     jobs as soon as an actor is up, and jobs go only to actors that are up meanwhile. So work shorter than an actor's
     start-up never waits for one. None: on for a call without a warm pool on a one-node CPU cluster (no crash
@@ -280,8 +280,9 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
                     and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
     if in_process is None:
         in_process = len(work) == 1 and one_cpu_node
-    free_cpus = int(ray.available_resources().get("CPU", 0)) if ray.is_initialized() else os.cpu_count() or 1
-    threads = max(int(max(1, cpus_per_worker)), min(free_cpus, os.cpu_count() or 1))  # for work in this process
+    # Work in this process uses a worker's thread count: an adaptive ODE solver's steps, and so a unit's rows, can
+    # depend on the number of threads, and rows must not depend on where a unit ran.
+    threads = int(max(1, cpus_per_worker))
     if in_process:
         return _evaluate_here(out_dir, sweep_id, trials, work, len(units), len(todo), x, y, index, shard_size,
                               batch_size, base_seed, threads, gpus_per_worker > 0, source_checkpoints, progress)
