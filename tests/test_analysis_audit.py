@@ -147,3 +147,34 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,1000", url], capture_output=True,
                    timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_steps_converged_flags_only_budget_gains_that_move_the_worst_case():
+    """Square gaining with more queries on examples PGD already breaks is no sign of overestimated robustness;
+    PGD gaining with more steps on examples nothing else breaks is."""
+    import numpy as np
+
+    from advsweep.analysis.audit import _steps
+    from advsweep.analysis.tables import Cell
+
+    n = 200
+    rng = np.random.default_rng(0)
+    pgd10 = rng.random(n) < 0.5                      # robust under PGD-10
+    pgd50 = pgd10.copy()
+    sq300 = pgd10 | (rng.random(n) < 0.4)            # weaker than PGD
+    sq1000 = sq300.copy()
+    sq1000[np.flatnonzero(sq300 & ~pgd10)[:40]] = False  # 40 more broken, all already broken by PGD
+
+    def cell(label, name, params, robust):
+        one = np.ones((1, n), bool)
+        return Cell(label, name, "linf", 0.1, params, one, robust[None, :].copy(), one, ~robust[None, :])
+
+    cells = [cell("pgd10", "pgd", {"steps": 10}, pgd10), cell("pgd50", "pgd", {"steps": 50}, pgd50),
+             cell("sq300", "square", {"n_queries": 300}, sq300), cell("sq1000", "square", {"n_queries": 1000}, sq1000)]
+    row = _steps(cells, 0)
+    assert row["status"] == "pass", row["evidence"]
+    assert "square linf ε=0.1: budget 300 → 1000" in row["evidence"]
+    pgd50[np.flatnonzero(pgd10)[:30]] = False        # more PGD steps break 30 examples no other attack breaks
+    cells[1] = cell("pgd50", "pgd", {"steps": 50}, pgd50)
+    row = _steps(cells, 0)
+    assert row["status"] == "fail" and row["value"] >= 0.1, row["evidence"]
