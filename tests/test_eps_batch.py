@@ -52,7 +52,7 @@ def test_each_eps_is_the_same_alone_packed_or_cut_elsewhere(mlp64, name):
     for e in range(3):
         assert torch.equal(packed[e], alone[e])
         assert torch.equal(torch.cat([cut[e], cut2[e]]), alone[e])
-    # Each ε's examples stay in their own ball, and a larger ε breaks at least as many as found here.
+    # Each ε's examples stay in their own ball, and the largest ε fools some of them.
     norm = "l2" if name == "pgd_l2" else "linf"
     for e in range(3):
         d = (alone[e] - x).flatten(1)

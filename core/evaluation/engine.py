@@ -276,16 +276,31 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         return {"units": len(units), "ran": 0, "resubmitted": 0}
     bounds = shard_bounds(len(x), shard_size)
     work = jobs(todo, [hi - lo for lo, hi in bounds], batch_size)
+    ckpt = {t.trial_id: t.checkpoint for t in trials}
+    sources = source_checkpoints or {}
+
+    def run_args(job: tuple[Unit, ...], shard_data) -> tuple:
+        """`EvalWorker.run`'s arguments for a job; shard_data = its shard's (x, y, index), arrays or object refs."""
+        return (job, ckpt[job[0].trial_id], *shard_data, base_seed, batch_size, sources.get(job[0].attack.label))
+
+    def shard_arrays(job: tuple[Unit, ...]) -> list[np.ndarray]:
+        lo, hi = bounds[job[0].shard]
+        return [x[lo:hi], y[lo:hi], index[lo:hi]]
+
     one_cpu_node = (pool is None and not gpus_per_worker and crash_marker is None
                     and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
     if in_process is None:
         in_process = len(work) == 1 and one_cpu_node
     # Work in this process uses a worker's thread count: an adaptive ODE solver's steps, and so a unit's rows, can
     # depend on the number of threads, and rows must not depend on where a unit ran.
-    threads = int(max(1, cpus_per_worker))
     if in_process:
-        return _evaluate_here(out_dir, sweep_id, trials, work, len(units), len(todo), x, y, index, shard_size,
-                              batch_size, base_seed, threads, gpus_per_worker > 0, source_checkpoints, progress)
+        here = _LocalWorker(out_dir, sweep_id, int(max(1, cpus_per_worker)), gpus_per_worker > 0)
+        try:
+            for job in work:
+                _report(progress, job, here.run(*run_args(job, shard_arrays(job))))
+        finally:
+            here.stop()
+        return {"units": len(units), "ran": len(todo), "resubmitted": 0}
     own_pool = pool is None
     if own_pool:
         pool = WorkerPool(out_dir, sweep_id, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
@@ -293,7 +308,6 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     elif (pool.out_dir, pool.sweep_id) != (out_dir, sweep_id):
         raise ValueError(f"the worker pool writes {pool.out_dir} for {pool.sweep_id}, not {out_dir} for {sweep_id}")
     cpus_per_worker, gpus_per_worker = pool.cpus_per_worker, pool.gpus_per_worker
-    ckpt = {t.trial_id: t.checkpoint for t in trials}
 
     def slots() -> int:  # workers the alive nodes hold now (a lost node lowers it)
         res = ray.cluster_resources()
@@ -306,7 +320,8 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
 
     # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
-    here = _HeadStart(out_dir, sweep_id, threads) if (one_cpu_node if head_start is None else head_start) else None
+    use_head_start = one_cpu_node if head_start is None else head_start
+    here = _LocalWorker(out_dir, sweep_id, pool.threads, False) if use_head_start else None
     free = pool.take(num_workers) if here is None else []  # with a head start, actors start when work is left
     launched = here is None
     queue = list(reversed(work))  # pop() from the end keeps the trial-major order: actors reuse loaded models
@@ -328,17 +343,12 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
                 free.remove(actor)
                 job = queue.pop()
                 attempts[job] = attempts.get(job, 0) + 1
-                src = (source_checkpoints or {}).get(job[0].attack.label)
-                xs, ys, ids = refs[job[0].shard]
-                ref = actor.run.remote(job, ckpt[job[0].trial_id], xs, ys, ids, base_seed, batch_size, src)
+                ref = actor.run.remote(*run_args(job, refs[job[0].shard]))
                 inflight[ref] = (job, actor)
             if here is not None:
                 if queue:
                     job = queue.pop()
-                    lo, hi = bounds[job[0].shard]
-                    _report(progress, job, here.run(job, ckpt[job[0].trial_id], x[lo:hi], y[lo:hi], index[lo:hi],
-                                                    base_seed, batch_size,
-                                                    (source_checkpoints or {}).get(job[0].attack.label)))
+                    _report(progress, job, here.run(*run_args(job, shard_arrays(job))))
                     continue
                 here = here.stop()
             finished, _ = ray.wait(list(inflight), num_returns=1, timeout=10)
@@ -385,13 +395,14 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     return {"units": len(units), "ran": len(todo), "resubmitted": resubmitted}
 
 
-class _HeadStart:
-    """This process as a worker before the actors are up: an `EvalWorker` with `threads` threads, this process's own
-    thread count restored by `stop()` (which returns None, for `here = here.stop()`)."""
+class _LocalWorker:
+    """This process as an evaluation worker (work in process, the head start): an `EvalWorker` with `threads`
+    threads that times its jobs; `stop()` restores this process's thread count and returns None (for
+    `here = here.stop()`)."""
 
-    def __init__(self, out_dir: str, sweep_id: str, threads: int):
+    def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool):
         self.threads = torch.get_num_threads()
-        self.worker = EvalWorker(out_dir, sweep_id, threads, False)
+        self.worker = EvalWorker(out_dir, sweep_id, threads, use_gpu)
         self.jobs, self.seconds = 0, 0.0
 
     def run(self, *args) -> dict[str, Any]:
@@ -406,21 +417,3 @@ class _HeadStart:
     def stop(self) -> None:
         torch.set_num_threads(self.threads)
         self.worker = None
-
-
-def _evaluate_here(out_dir, sweep_id, trials, work, n_units, n_todo, x, y, index, shard_size, batch_size, base_seed,
-                   threads, use_gpu, source_checkpoints, progress) -> dict[str, int]:
-    """`evaluate` in this process: the same worker code and files, this process's torch threads set for the call."""
-    ckpt = {t.trial_id: t.checkpoint for t in trials}
-    bounds = shard_bounds(len(x), shard_size)
-    old_threads = torch.get_num_threads()
-    try:
-        worker = EvalWorker(out_dir, sweep_id, threads, use_gpu)
-        for job in work:
-            lo, hi = bounds[job[0].shard]
-            info = worker.run(job, ckpt[job[0].trial_id], x[lo:hi], y[lo:hi], index[lo:hi], base_seed, batch_size,
-                              (source_checkpoints or {}).get(job[0].attack.label))
-            _report(progress, job, info)
-    finally:
-        torch.set_num_threads(old_threads)
-    return {"units": n_units, "ran": n_todo, "resubmitted": 0}
