@@ -143,3 +143,35 @@ def test_sigint_marks_interrupted_and_resumes(tmp_path, spec_file):
     r = run("resume", str(out))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert_complete(out)
+
+
+def test_trial_worker_killed_after_an_epoch_loses_no_epoch(tmp_path, fashion_available):
+    """Tune restarts a killed trial from its last checkpoint and, in doing so, replaces the driver's result.json with
+    the last copy synced to storage; the epochs in between must still reach the epoch table (once each)."""
+    from advsweep.storage.parquet import read_epochs, read_trials
+
+    spec = tmp_path / "one.yaml"
+    spec.write_text(SPEC.split("  - model: {name: odenet")[0].replace("epochs: 3", "epochs: 6")
+                    + "attacks: []\nmonitor: {eps: 0.1, steps: 1, n: 32}\n")
+    out = tmp_path / "sweep"
+    proc = start("run", str(spec), "--out", str(out), log=tmp_path / "run.log")
+    try:
+        wait_for(lambda: len(_checkpoints(out)) >= 2 and _newest_checkpoint_epoch(out) >= 3, 600, proc, "3 epochs")
+        workers = descendants(proc.pid, "ImplicitFunc")
+        assert workers, "no trial worker found"
+        workers[0].kill()
+        assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+    assert read_trials(out).column("status").to_pylist() == ["completed"]
+    assert sorted(read_epochs(out).column("epoch").to_pylist()) == list(range(1, 7))
+
+
+def _newest_checkpoint_epoch(out: Path) -> int:
+    epochs = []
+    for c in _checkpoints(out):
+        try:
+            epochs.append(json.loads((c / "meta.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return max(epochs, default=0)

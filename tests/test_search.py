@@ -164,6 +164,24 @@ def test_searcher_tells_only_full_budget_trials_complete(tmp_path):
     assert study.trials[2].user_attrs["ray_trial_id"] == "t2"
 
 
+@pytest.mark.parametrize("algorithm", ["tpe", "nsga2"])
+def test_searcher_pickles_as_tune_stores_it_and_goes_on_sampling(tmp_path, algorithm):
+    """Tune cloudpickles the searcher into its experiment state (Tuner creation, every experiment checkpoint); the
+    unpickled searcher keeps sampling from the same study (optuna 5.1's NSGA-II holds a thread lock)."""
+    from ray import cloudpickle
+
+    extra = "population_size: 2" if algorithm == "nsga2" else "startup_trials: 1"
+    s = _searcher(tmp_path, spec("search: {algorithm: %s, num_samples: 4, objective: [val_acc, val_robust_acc], %s}"
+                                 % (algorithm, extra)))
+    s.suggest("t0")
+    s.on_trial_complete("t0", {"val_acc": 0.8, "val_robust_acc": 0.3, "completed": True, "epoch": 2})
+    copy = cloudpickle.loads(cloudpickle.dumps(s))
+    assert copy.suggest("t1")["trial"]["index"] == 1
+    copy.on_trial_complete("t1", {"val_acc": 0.7, "val_robust_acc": 0.4, "completed": True, "epoch": 2})
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+
 def test_invalid_sampled_config_is_failed_and_resampled(tmp_path):
     from advsweep.spec import RawSpec
     from advsweep.sweep.search import SpecSpace, StudySearch, make_sampler, study_storage_url

@@ -28,7 +28,8 @@ from advsweep.sweep.evaluate import attack_configs, check_evaluation, run_evalua
 from advsweep.sweep.overlap import EvaluateOnComplete, OverlappedEvaluation
 from advsweep.sweep.tune_output import StatusReporter, parameter_columns, trimmed_tune_output, tune_verbosity
 from advsweep.versions import package_versions
-from advsweep.sweep.trainable import EXTRA_PREFIX, one_line, write_error_log
+from advsweep.evaluation.checkpoints import CHECKPOINT_META
+from advsweep.sweep.trainable import EPOCH_HISTORY, EXTRA_PREFIX, one_line, write_error_log
 
 
 @dataclass
@@ -420,26 +421,21 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path | str) -
         cfg = TrialConfig.model_validate(trial.config["trial"])
         trial_name, config_name = (listed[0][cfg.index], listed[1][cfg.index]) if listed else spec.name_of(cfg)
         m = res.metrics or {}
-        df = res.metrics_dataframe
         trial_id = trial.trial_id
         status = _trial_status(trial, m, spec.raw.scheduler.type)
         error, error_log = m.get("error"), m.get("error_log")
         if status == "failed" and res.error is not None and not error:
             error = one_line(res.error)  # the worker kept dying (OOM kill, lost node): Tune's error, cleaned
             error_log = write_error_log(str(out), trial_id, str(res.error))
-        if df is not None and len(df):
-            if "final_status" in df:
-                df = df[df["final_status"].isna()]
-            df = df.drop_duplicates("epoch", keep="last")  # a restored trial may repeat an epoch it had reported
-            for _, e in df.iterrows():
-                extra = {k[len(EXTRA_PREFIX):]: float(v) for k, v in e.items()
-                         if k.startswith(EXTRA_PREFIX) and v == v and v is not None}
-                epoch_rows.append({
-                    "sweep_id": sweep_id, "trial_id": trial_id, "epoch": int(e.get("epoch", 0)),
-                    **{k: _f(e.get(k)) for k in ("loss", "train_acc", "val_acc", "val_robust_acc", "lr",
-                                                  "epoch_time_s", "nfe_forward", "nfe_backward")},
-                    "extra": extra,
-                })
+        for e in _epoch_metrics(res):
+            extra = {k[len(EXTRA_PREFIX):]: float(v) for k, v in e.items()
+                     if k.startswith(EXTRA_PREFIX) and v is not None and v == v}
+            epoch_rows.append({
+                "sweep_id": sweep_id, "trial_id": trial_id, "epoch": int(e["epoch"]),
+                **{k: _f(e.get(k)) for k in ("loss", "train_acc", "val_acc", "val_robust_acc", "lr",
+                                              "epoch_time_s", "nfe_forward", "nfe_backward")},
+                "extra": extra,
+            })
         completed = status == "completed"
         trial_rows.append({
             "schema_version": SCHEMA_VERSION, "sweep_id": sweep_id, "trial_id": trial_id, "trial_index": cfg.index,
@@ -462,6 +458,31 @@ def _collect(results, spec: Spec, sweep_id: str, wall: float, out: Path | str) -
         })
     trial_rows.sort(key=lambda r: r["trial_index"])
     return trial_rows, epoch_rows
+
+
+def _epoch_metrics(res) -> list[dict[str, Any]]:
+    """One dict per trained epoch, in order: the epochs recorded in the trial's latest checkpoint (the history of the
+    model it holds), then any later ones from Tune's results (a restored trial may repeat an epoch: the last wins)."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    df = res.metrics_dataframe
+    if df is not None and len(df) and "epoch" in df:
+        if "final_status" in df:
+            df = df[df["final_status"].isna()]
+        for e in df.to_dict("records"):
+            by_epoch[int(e["epoch"])] = e
+    for e in _checkpoint_history(res.checkpoint):
+        by_epoch[int(e["epoch"])] = {**by_epoch.get(int(e["epoch"]), {}), **e}
+    return [by_epoch[k] for k in sorted(by_epoch) if k > 0]
+
+
+def _checkpoint_history(checkpoint) -> list[dict[str, Any]]:
+    if checkpoint is None:
+        return []
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{CHECKPOINT_META}") as f:
+            return json.loads(f.readall()).get(EPOCH_HISTORY, [])
+    except (OSError, ValueError):  # a checkpoint written before the history was kept, or unreadable: Tune's rows stand
+        return []
 
 
 def _f(v: Any) -> float | None:

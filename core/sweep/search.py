@@ -23,11 +23,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from advsweep.registry import SpecError
@@ -97,13 +99,25 @@ def sampler_seed(raw: RawSpec) -> int:
     return raw.search.seed if raw.search.seed is not None else raw.seed
 
 
-def make_sampler(raw: RawSpec):
-    import optuna
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II whose thread lock (optuna ≥ 5.1) is left out of its pickle and made anew: Tune pickles the searcher
+    into its experiment state when the Tuner is created and at every experiment checkpoint."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
+def make_sampler(raw: RawSpec):
     s = raw.search
     seed = sampler_seed(raw)
     if s.algorithm == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size or 50)
+        return PicklableNSGAIISampler(seed=seed, population_size=s.population_size or 50)
     with warnings.catch_warnings():  # `group` is flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,

@@ -34,6 +34,10 @@ from advsweep.training.trainer import OptimConfig, Trainer, as_float_images
 
 STANDARD_STATS = ("loss", "train_acc", "lr", "epoch_time_s")
 EXTRA_PREFIX = "train/"
+# Key of the checkpoint's meta.json holding every epoch's metrics up to it. The sweep's epoch table is built from it
+# as well as from Tune's result.json: when a trial's node dies, Tune restarts it and replaces the driver's result.json
+# with the last copy synced to storage, which can miss epochs that the restored checkpoint already contains.
+EPOCH_HISTORY = "epochs"
 
 # A trial has diverged when (checked after every epoch) its training loss is non-finite, or more than
 # BLOWUP_FACTOR × ln(classes) (the cross-entropy of a uniform guess: 230 for 10 classes, a loss no training recipe
@@ -162,10 +166,12 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
         trainer = build_trainer(cfg, meta, seed, device)
         model = trainer.model
 
+        history: list[dict[str, float]] = []  # this model's epoch metrics, carried in every checkpoint
         ckpt = tune.get_checkpoint()
         if ckpt:  # retry or restore: continue from the last reported epoch
             with ckpt.as_directory() as d:
                 trainer.load_state_dict(torch.load(Path(d) / CHECKPOINT_STATE, map_location=device, weights_only=True))
+                history = json.loads((Path(d) / CHECKPOINT_META).read_text()).get(EPOCH_HISTORY, [])
 
         n_params = count_parameters(model)
         run_name, config_name = names_of(ctx, cfg)
@@ -198,11 +204,13 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
             tracker.log_metrics(stats, step=epoch)
             metrics = {**stats, **base, "epoch": epoch, "completed": False}
             last = metrics
+            history.append({"epoch": epoch, **{k: float(v) for k, v in stats.items() if v is not None}})
             with tempfile.TemporaryDirectory() as d:
                 torch.save(trainer.state_dict(), Path(d) / CHECKPOINT_STATE)
                 (Path(d) / CHECKPOINT_META).write_text(json.dumps({
                     "trial_id": trial_id, "mlflow_run_id": tracker.run_id, "epoch": epoch, "model": cfg.model,
                     "channels": meta["channels"], "num_classes": meta["num_classes"], "image_size": meta["image_size"],
+                    EPOCH_HISTORY: history,
                 }))
                 if epoch == epochs:  # the last epoch reports together with the final evaluation (ASHA stops at max_t)
                     metrics.update(_final_evaluation(model, cfg, ctx, data, tracker, device, Path(d)))
