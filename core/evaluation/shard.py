@@ -11,6 +11,7 @@ import torch
 from advsweep.attacks import ATTACKS, Segment, build_attack
 from advsweep.attacks._util import bview, margin
 from advsweep.evaluation.units import Unit
+from advsweep.models.ode import batch_coupled
 from advsweep.storage.parquet import examples_table
 
 
@@ -35,11 +36,13 @@ def run_units(model: torch.nn.Module, units: tuple[Unit, ...], x: torch.Tensor, 
               clean_logits: torch.Tensor, sweep_id: str, base_seed: int, batch_size: int, device: torch.device,
               source_model: torch.nn.Module | None = None) -> list[tuple[Unit, float, pa.Table]]:
     """Run units of one attack on one shard: several ε-batched units (one per ε) share passes of `batch_size`
-    examples laid out ε after ε; any other unit runs alone. Returns (unit, ε, examples table) per ε."""
-    if len(units) > 1:
+    examples laid out ε after ε; any other unit runs alone. A batch-coupled model (adaptive ODE solver) runs its units
+    one after another in passes of their own, since sharing a pass would change its steps and so its rows.
+    Returns (unit, ε, examples table) per ε."""
+    if len(units) > 1 and not batch_coupled(model):
         return _run_eps_batched(model, units, x, y, index, clean_logits, sweep_id, base_seed, batch_size, device)
-    return [(units[0], eps, t) for eps, t in run_unit(model, units[0], x, y, index, clean_logits, sweep_id,
-                                                         base_seed, batch_size, device, source_model)]
+    return [(u, eps, t) for u in units for eps, t in run_unit(model, u, x, y, index, clean_logits, sweep_id,
+                                                              base_seed, batch_size, device, source_model)]
 
 
 def _run_eps_batched(model, units, x, y, index, clean_logits, sweep_id, base_seed, batch_size, device):

@@ -90,3 +90,9 @@ class ODEBlock(nn.Module):
         finally:
             self._solving = False
         return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+
+
+def batch_coupled(model: nn.Module) -> bool:
+    """Whether an example's output depends on the other examples of its batch: an adaptive solver (dopri5, …) picks
+    each step size from the error norm of the whole batch. Such a model's rows depend on how examples are batched."""
+    return any(isinstance(m, ODEBlock) and m.solver not in FIXED_STEP_SOLVERS for m in model.modules())
