@@ -39,9 +39,14 @@ import tempfile
 import time
 from pathlib import Path
 
-# (A) runs with 2 threads in this process: libgomp's default spin-wait makes that 5-6x slower on a shared machine
-# (attack_throughput.py's probe); the engine's multi-threaded workers get PASSIVE too. Read when torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# (A) runs with 2 threads in this process under OpenMP's default wait policy (spin, then sleep), as a researcher's
+# loop does. `--plain-omp PASSIVE` reproduces the earlier setting: on a busy machine the default spin-wait made 2
+# threads 5-6x slower (attack_throughput.py's probe), but on an idle one PASSIVE made them ~2x slower (2026-12-02,
+# AMD EPYC, PGD-20 on the width-16 ResNet: 0.84 s vs 1.6-2.0 s for 256 examples), which flattered the engine.
+# Read when torch loads; an OMP_WAIT_POLICY already in the environment is kept.
+_PLAIN_OMP = sys.argv[sys.argv.index("--plain-omp") + 1] if "--plain-omp" in sys.argv else "default"
+if _PLAIN_OMP != "default":
+    os.environ.setdefault("OMP_WAIT_POLICY", _PLAIN_OMP)
 # Ray starts its workers at niceness 15 (raylet `worker_niceness`), a shell's process runs at 0: on a shared machine
 # that alone would favour (A). Everything here runs at --nice instead (set before torch starts any thread; the
 # private Ray inherits it and adds nothing). No effect on an idle machine.
@@ -80,6 +85,8 @@ def parse_args(argv=None):
     ap.add_argument("--square-queries", type=int, default=None, help="Square queries (cpu 300, cuda 5000)")
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--plain-omp", choices=("default", "PASSIVE", "ACTIVE"), default="default",
+                    help="OpenMP wait policy of this process, so of (A)'s 2 threads (default: OpenMP's own)")
     ap.add_argument("--nice", type=int, default=15, help="OS niceness of every arm (Ray's default for its workers)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine_speed.json"))
     ap.add_argument("--report", metavar="JSON", help="only print the table of a (possibly partial) results file")
@@ -217,7 +224,8 @@ def main(args):
     peaks = [matmul_peak(args.device, args.threads)]
     results = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                            "device": torch.cuda.get_device_name(0) if gpu else "cpu", "threads": args.threads,
-                           "niceness": os.getpriority(os.PRIO_PROCESS, 0), "loadavg_start": os.getloadavg()},
+                           "niceness": os.getpriority(os.PRIO_PROCESS, 0), "loadavg_start": os.getloadavg(),
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")},
                "args": vars(args), "flops_per_example": fl, "jobs": {}}
     configs = attack_configs(args)
     workers = 1 if gpu else args.threads

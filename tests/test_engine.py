@@ -97,36 +97,37 @@ def test_transfer_from_the_same_checkpoint_equals_white_box(ray_local, job, tmp_
     assert '"source_trial": "t0"' in tr["attack_params"].iloc[0]
 
 
-def test_worker_env_sets_passive_openmp_only_for_multithreaded_workers(monkeypatch):
+def test_worker_env_sets_a_short_openmp_spin_only_for_multithreaded_workers(monkeypatch):
     from advsweep.evaluation.engine import default_worker_env
 
     for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
         monkeypatch.delenv(var, raising=False)
     assert default_worker_env(1) == {}
-    assert default_worker_env(2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert default_worker_env(2) == {"GOMP_SPINCOUNT": "10000"}
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice wins
     assert default_worker_env(2) == {}
 
 
-def test_multithreaded_worker_with_passive_openmp_gives_identical_rows(ray_local, job, tmp_path):
-    """One 2-thread worker (OMP_WAIT_POLICY=PASSIVE from the engine) and one with the environment's policy write the
+def test_multithreaded_worker_with_short_openmp_spin_gives_identical_rows(ray_local, job, tmp_path):
+    """One 2-thread worker (GOMP_SPINCOUNT=10000 from the engine) and one with the environment's policy write the
     same rows as two 1-thread workers: the thread layout and the OpenMP wait policy are not part of the result."""
     import os
 
-    from advsweep.evaluation.engine import default_worker_env
+    from advsweep.evaluation.engine import default_worker_env, omp_wait
 
     _run(tmp_path / "ref", job)
     ref = _rows(tmp_path / "ref")
     _, trials, x, y, index = job
-    for name, env in (("passive", None), ("inherited", {})):
+    for name, env in (("short-spin", None), ("inherited", {})):
         infos = []
         evaluate(tmp_path / name, "sweep-x", trials, ATTACKS, x, y, index, shard_size=SHARD, batch_size=8,
                  base_seed=5, num_workers=1, cpus_per_worker=2, worker_env=env, head_start=False,
                  progress=lambda unit, info: infos.append(info))
         assert {i["threads"] for i in infos} == {2}
-        inherited = os.environ.get("OMP_WAIT_POLICY")  # the workers inherit the driver's environment
-        expected = default_worker_env(2).get("OMP_WAIT_POLICY", inherited) if env is None else inherited
-        assert {i["omp_wait_policy"] for i in infos} == {expected}
+        inherited = omp_wait()  # the workers inherit the driver's environment
+        engine_set = [f"{k}={v}" for k, v in default_worker_env(2).items()]
+        expected = (engine_set[0] if engine_set else inherited) if env is None else inherited
+        assert {i["omp_wait"] for i in infos} == {expected}
         assert _rows(tmp_path / name).equals(ref), name
 
 
