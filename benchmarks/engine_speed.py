@@ -7,9 +7,9 @@ load affects every arm alike):
   (A) plain loop: one process, torch threads = --threads; per trial and ε, per batch of --batch examples: clean
       prediction, the attack (advsweep's own attack class, with the engine's seeds, so rows are comparable one by
       one), adversarial prediction. Its start-up is nil (torch and the data are already in the process).
-  (B) the engine as a user calls it once (`evaluate`, default layout: one 1-thread worker per core): actor start-up
-      included. Work that makes one engine job runs in process (no actors); otherwise the calling process runs jobs
-      itself until an actor is up (head start).
+  (B) the engine as a user calls it once (`evaluate`, default layout: one 1-thread worker per core; with
+      --worker-threads N, N-thread workers): actor start-up included. Work that makes one engine job runs in process
+      (no actors); otherwise the calling process runs jobs itself until an actor is up (head start).
   (C) the engine on a warm pool (`WorkerPool`, as in a sweep whose actors are already up): one pool for the whole
       benchmark, started and waited for once (that wait is the fixed start-up, reported apart); its actors keep the
       models and clean predictions of earlier runs, as in a sweep's evaluation stage after overlapped evaluation or a
@@ -85,6 +85,8 @@ def parse_args(argv=None):
     ap.add_argument("--square-queries", type=int, default=None, help="Square queries (cpu 300, cuda 5000)")
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--worker-threads", type=int, default=1,
+                    help="torch threads per engine worker (a spec's resources.cpu); --threads // it workers")
     ap.add_argument("--plain-omp", choices=("default", "PASSIVE", "ACTIVE"), default="default",
                     help="OpenMP wait policy of this process, so of (A)'s 2 threads (default: OpenMP's own)")
     ap.add_argument("--nice", type=int, default=15, help="OS niceness of every arm (Ray's default for its workers)")
@@ -217,7 +219,7 @@ def main(args):
              "sweep": (args.mid_n, EPS, args.trials)}
     # On one GPU the warm pool's worker and (B)'s fresh one each reserve half of it, so that both fit (one worker
     # each; (B) gets num_workers=1): a whole-GPU reservation by the idle warm worker would leave (B) waiting forever.
-    engine_kw = ({"cpus_per_worker": 1, "gpus_per_worker": 0.5} if gpu else {"cpus_per_worker": 1})
+    engine_kw = ({"cpus_per_worker": 1, "gpus_per_worker": 0.5} if gpu else {"cpus_per_worker": args.worker_threads})
     from advsweep.training.trainer import as_float_images
 
     fl = count_flops(model.eval(), as_float_images(torch.from_numpy(x_all[:64])), torch.from_numpy(y_all[:64]).long())
@@ -228,7 +230,7 @@ def main(args):
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")},
                "args": vars(args), "flops_per_example": fl, "jobs": {}}
     configs = attack_configs(args)
-    workers = 1 if gpu else args.threads
+    workers = 1 if gpu else max(1, args.threads // args.worker_threads)
     t = time.perf_counter()
     # background=True, nice=0: the idle warm actors hold no CPU slot (so (B)'s one-unit job, which runs in process
     # on the node's free CPUs, sees the same free CPUs as without the pool) and run at the same niceness as the rest.
