@@ -85,6 +85,8 @@ def parse_args(argv=None):
     ap.add_argument("--square-queries", type=int, default=None, help="Square queries (cpu 300, cuda 5000)")
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--engine-batch", type=int, default=None,
+                    help="the engine's pass size (eval.batch_size) when it differs from the plain loop's --batch")
     ap.add_argument("--worker-threads", type=int, default=1,
                     help="torch threads per engine worker (a spec's resources.cpu); --threads // it workers")
     ap.add_argument("--plain-omp", choices=("default", "PASSIVE", "ACTIVE"), default="default",
@@ -267,7 +269,7 @@ def main(args):
                     elif arm == "B":
                         t = time.perf_counter()
                         evaluate(out, "bench", job_trials, [attack], x, y, index, shard_size=args.shard,
-                                 batch_size=args.batch, base_seed=0, progress=note,
+                                 batch_size=args.engine_batch or args.batch, base_seed=0, progress=note,
                                  num_workers=1 if gpu else None, **engine_kw)
                         wall = time.perf_counter() - t
                         rows = engine_rows(out)
@@ -275,7 +277,8 @@ def main(args):
                         out = Path(pool.out_dir)
                         t = time.perf_counter()
                         evaluate(out, "bench", job_trials, [attack], x, y, index, shard_size=args.shard,
-                                 batch_size=args.batch, base_seed=0, num_workers=workers, pool=pool, progress=note)
+                                 batch_size=args.engine_batch or args.batch, base_seed=0, num_workers=workers,
+                                 pool=pool, progress=note)
                         wall = time.perf_counter() - t
                         rows = engine_rows(out)
                     shutil.rmtree(out, ignore_errors=True)
