@@ -188,13 +188,23 @@ def _actors_on(node_id: str, cluster) -> list[str]:
     return [a.class_name for a in actors if a.node_id == node_id and a.class_name != "JobSupervisor"]
 
 
+def _checkpoint_metas(out: Path) -> list[dict]:
+    metas = []
+    for f in out.glob("ray/*/*/checkpoint_*/meta.json"):
+        try:
+            metas.append(json.loads(f.read_text()))
+        except (OSError, ValueError):  # being written
+            pass
+    return metas
+
+
 def test_losing_the_worker_node_mid_training_loses_nothing(cluster, mlflow_url, tmp_path, fashion_available):
     """Kills the worker node's raylet while a trial trains there; Tune retries that trial on the head from its last
     checkpoint (FailureConfig max_failures=1). Then starts a worker node again for the next test."""
     from mlflow.tracking import MlflowClient
 
     spec = tmp_path / "longer.yaml"  # epochs long enough to kill one mid-training
-    spec.write_text(TINY_SPEC.replace("epochs: 2", "epochs: 6").replace("n_train: 256", "n_train: 1024"))
+    spec.write_text(TINY_SPEC.replace("epochs: 2", "epochs: 6").replace("n_train: 256", "n_train: 2048"))
     out = tmp_path / "train-fault"
     sid = submit(cluster, spec, out, mlflow_url)
     head, worker = cluster.node_id_of("head"), cluster.node_id_of("worker_node")
@@ -208,7 +218,11 @@ def test_losing_the_worker_node_mid_training_loses_nothing(cluster, mlflow_url, 
             assert client.get_job_status(sid).value not in TERMINAL, (seen, client.get_job_logs(sid)[-4000:])
             time.sleep(0.5)
         assert "ImplicitFunc" in on_worker, on_worker  # Tune's actor for a function trainable (train_trial)
-        time.sleep(3)  # let it report an epoch or two (a checkpoint to resume from)
+        # Kill once the trial on the worker node has a checkpoint to resume from and epochs still to train.
+        while not any(m.get("node_id") == worker and 1 <= m["epoch"] < 6 for m in _checkpoint_metas(out)):
+            assert time.time() < deadline, "no checkpoint of an unfinished trial on the worker node"
+            assert client.get_job_status(sid).value not in TERMINAL, client.get_job_logs(sid)[-4000:]
+            time.sleep(0.2)
         assert not (out / "trials").exists(), "training had already ended"
         cluster.kill_node("worker_node")
         wait_ok(cluster, sid)

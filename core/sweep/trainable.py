@@ -209,6 +209,7 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
                 torch.save(trainer.state_dict(), Path(d) / CHECKPOINT_STATE)
                 (Path(d) / CHECKPOINT_META).write_text(json.dumps({
                     "trial_id": trial_id, "mlflow_run_id": tracker.run_id, "epoch": epoch, "model": cfg.model,
+                    "node_id": base.get("node_id"),  # where this checkpoint was written (a retry may move the trial)
                     "channels": meta["channels"], "num_classes": meta["num_classes"], "image_size": meta["image_size"],
                     EPOCH_HISTORY: history,
                 }))
