@@ -1,6 +1,7 @@
 """Helpers for tests that run `advsweep` as a user would (a subprocess) and inject real faults into it."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,3 +72,14 @@ def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
             pass
     proc.wait(timeout=60)
     psutil.wait_procs(kids, timeout=30)
+
+
+def checkpoint_metas(out: Path) -> list[dict]:
+    """The `meta.json` of every trial checkpoint a sweep in `out` has written so far (one being written is skipped)."""
+    metas = []
+    for f in Path(out).glob("ray/*/*/checkpoint_*/meta.json"):
+        try:
+            metas.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            pass
+    return metas

@@ -23,6 +23,7 @@ from advsweep.cluster.loopback import LoopbackCluster, free_port
 from advsweep.storage.parquet import read_epochs, read_examples, read_trials
 
 sys.path.insert(0, str(Path(__file__).parent))
+from sweep_proc import checkpoint_metas  # noqa: E402
 from tiny_spec import TINY_SPEC  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -188,16 +189,6 @@ def _actors_on(node_id: str, cluster) -> list[str]:
     return [a.class_name for a in actors if a.node_id == node_id and a.class_name != "JobSupervisor"]
 
 
-def _checkpoint_metas(out: Path) -> list[dict]:
-    metas = []
-    for f in out.glob("ray/*/*/checkpoint_*/meta.json"):
-        try:
-            metas.append(json.loads(f.read_text()))
-        except (OSError, ValueError):  # being written
-            pass
-    return metas
-
-
 def test_losing_the_worker_node_mid_training_loses_nothing(cluster, mlflow_url, tmp_path, fashion_available):
     """Kills the worker node's raylet while a trial trains there; Tune retries that trial on the head from its last
     checkpoint (FailureConfig max_failures=1). Then starts a worker node again for the next test."""
@@ -219,7 +210,7 @@ def test_losing_the_worker_node_mid_training_loses_nothing(cluster, mlflow_url, 
             time.sleep(0.5)
         assert "ImplicitFunc" in on_worker, on_worker  # Tune's actor for a function trainable (train_trial)
         # Kill once the trial on the worker node has a checkpoint to resume from and epochs still to train.
-        while not any(m.get("node_id") == worker and 1 <= m["epoch"] < 6 for m in _checkpoint_metas(out)):
+        while not any(m.get("node_id") == worker and 1 <= m["epoch"] < 6 for m in checkpoint_metas(out)):
             assert time.time() < deadline, "no checkpoint of an unfinished trial on the worker node"
             assert client.get_job_status(sid).value not in TERMINAL, client.get_job_logs(sid)[-4000:]
             time.sleep(0.2)

@@ -124,9 +124,8 @@ def test_multithreaded_worker_with_short_openmp_spin_gives_identical_rows(ray_lo
                  base_seed=5, num_workers=1, cpus_per_worker=2, worker_env=env, head_start=False,
                  progress=lambda unit, info: infos.append(info))
         assert {i["threads"] for i in infos} == {2}
-        inherited = omp_wait()  # the workers inherit the driver's environment
-        engine_set = [f"{k}={v}" for k, v in default_worker_env(2).items()]
-        expected = (engine_set[0] if engine_set else inherited) if env is None else inherited
+        engine_env = default_worker_env(2) if env is None else {}
+        expected = next((f"{k}={v}" for k, v in engine_env.items()), omp_wait())  # else the driver's, inherited
         assert {i["omp_wait"] for i in infos} == {expected}
         assert _rows(tmp_path / name).equals(ref), name
 

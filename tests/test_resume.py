@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweep_proc import descendants, kill_tree, run, start, wait_for
+from sweep_proc import checkpoint_metas, descendants, kill_tree, run, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,8 @@ def test_trial_worker_killed_after_an_epoch_loses_no_epoch(tmp_path, fashion_ava
     out = tmp_path / "sweep"
     proc = start("run", str(spec), "--out", str(out), log=tmp_path / "run.log")
     try:
-        wait_for(lambda: len(_checkpoints(out)) >= 2 and _newest_checkpoint_epoch(out) >= 3, 600, proc, "3 epochs")
+        wait_for(lambda: len(_checkpoints(out)) >= 2 and any(m["epoch"] >= 3 for m in checkpoint_metas(out)), 600,
+                 proc, "3 epochs")
         workers = descendants(proc.pid, "ImplicitFunc")
         assert workers, "no trial worker found"
         workers[0].kill()
@@ -165,13 +166,3 @@ def test_trial_worker_killed_after_an_epoch_loses_no_epoch(tmp_path, fashion_ava
         kill_tree(proc)
     assert read_trials(out).column("status").to_pylist() == ["completed"]
     assert sorted(read_epochs(out).column("epoch").to_pylist()) == list(range(1, 7))
-
-
-def _newest_checkpoint_epoch(out: Path) -> int:
-    epochs = []
-    for c in _checkpoints(out):
-        try:
-            epochs.append(json.loads((c / "meta.json").read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
-            pass
-    return max(epochs, default=0)
