@@ -3,7 +3,7 @@
 Each node is a separate `ray start` (its own raylet, object store and agents) in its own process group, with its own
 ports (every port chosen free, nothing left at Ray's fixed defaults that other users of the machine may hold) and a
 private temp dir. `stop()` ends exactly the process groups started here: never `ray stop`, which ends every Ray of the
-user on the machine. `kill_node` kills one worker node's raylet by pid, which is how a node is lost.
+user on the machine. `kill_node` kills one worker node's raylet and its workers at once, which is how a node is lost.
 The dashboard / Jobs API listens on 127.0.0.1. Auth mode is set explicitly (RAY_AUTH_MODE) and is the same for every
 node and for the clients started with `env()`.
 """
@@ -114,10 +114,12 @@ class LoopbackCluster:
         return [(int(p), c) for p, g, c in (ln.split(None, 2) for ln in out.splitlines()) if int(g) == node.pgid]
 
     def kill_node(self, name: str) -> int:
-        """Kill that node's raylet (SIGKILL, by pid); Ray then declares the node dead. Returns the pid."""
+        """Lose that node as a machine is lost: SIGKILL its raylet and every process it started (its process group)
+        at once; Ray then declares the node dead. Killing the raylet alone let its workers run on for seconds (a trial
+        there could finish training after its node was "lost"). Returns the raylet's pid."""
         node = self._live(name)
         pid = next(p for p, c in self.pids(node) if c.strip() == "raylet")
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(node.pgid, signal.SIGKILL)
         node.killed = True  # a node of the same name may be started again (add_node)
         return pid
 
