@@ -1,8 +1,8 @@
 """A real multi-node Ray cluster on one machine, for tests, benchmarks and trying the cluster commands locally.
 
-Each node is a separate `ray start` (its own raylet, object store and agents) in its own process group, with its own
+Each node is a separate `ray start` (its own raylet, object store and agents) in its own session, with its own
 ports (every port chosen free, nothing left at Ray's fixed defaults that other users of the machine may hold) and a
-private temp dir. `stop()` ends exactly the process groups started here: never `ray stop`, which ends every Ray of the
+private temp dir. `stop()` ends exactly the sessions started here: never `ray stop`, which ends every Ray of the
 user on the machine. `kill_node` kills one worker node's raylet and its workers at once, which is how a node is lost.
 The dashboard / Jobs API listens on 127.0.0.1. Auth mode is set explicitly (RAY_AUTH_MODE) and is the same for every
 node and for the clients started with `env()`.
@@ -30,7 +30,7 @@ def free_port() -> int:
 @dataclass
 class Node:
     name: str
-    pgid: int
+    sid: int  # the `ray start` session: every process of the node, workers included
     resources: dict[str, float]
     killed: bool = False
 
@@ -110,35 +110,47 @@ class LoopbackCluster:
         return next(n.node_id for n in self.alive_nodes() if key in (n.resources_total or {}))
 
     def pids(self, node: Node) -> list[tuple[int, str]]:
-        out = subprocess.run(["ps", "-eo", "pid=,pgid=,comm="], capture_output=True, text=True).stdout
-        return [(int(p), c) for p, g, c in (ln.split(None, 2) for ln in out.splitlines()) if int(g) == node.pgid]
+        """(pid, command name) of every process of the node: its `ray start` session, which Ray's workers stay in
+        (each in a process group of its own)."""
+        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,comm="], capture_output=True, text=True).stdout
+        return [(int(p), c) for p, s, st, c in (ln.split(None, 3) for ln in out.splitlines())
+                if int(s) == node.sid and not st.startswith("Z")]  # a killed process not yet reaped is gone
 
     def kill_node(self, name: str) -> int:
-        """Lose that node as a machine is lost: SIGKILL its raylet and every process it started (its process group)
-        at once; Ray then declares the node dead. Killing the raylet alone let its workers run on for seconds (a trial
-        there could finish training after its node was "lost"). Returns the raylet's pid."""
+        """Lose that node as a machine is lost: SIGKILL its raylet and every process it started at once; Ray then
+        declares the node dead. Ray 2.60 puts each worker in a process group of its own (same session), so the node's
+        process group alone misses them, and a trial there could finish training after its node was "lost": every
+        process of the node's session is killed. Returns the raylet's pid."""
         node = self._live(name)
         pid = next(p for p, c in self.pids(node) if c.strip() == "raylet")
-        os.killpg(node.pgid, signal.SIGKILL)
+        self._kill_session(node, signal.SIGKILL)
         node.killed = True  # a node of the same name may be started again (add_node)
+        deadline = time.time() + 10
+        while left := self.pids(node):
+            if time.time() > deadline:
+                raise RuntimeError(f"node {name}: processes left after SIGKILL: {left}")
+            self._kill_session(node, signal.SIGKILL)
+            time.sleep(0.05)
         return pid
+
+    def _kill_session(self, node: Node, sig: int) -> None:
+        """Send sig to every process of the node's session, the raylet first (so it starts no new worker)."""
+        for p, _ in sorted(self.pids(node), key=lambda pc: pc[1].strip() != "raylet"):
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
 
     def _live(self, name: str) -> Node:
         return next(n for n in reversed(self.nodes) if n.name == name and not n.killed)
 
     def stop(self, timeout: float = 10) -> None:
-        """SIGTERM every process group started here (workers first), then SIGKILL what is left."""
+        """SIGTERM every node started here (worker nodes first), then SIGKILL what is left."""
         for node in reversed(self.nodes):
-            try:
-                os.killpg(node.pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self._kill_session(node, signal.SIGTERM)
         deadline = time.time() + timeout
         while time.time() < deadline and any(self.pids(n) for n in self.nodes):
             time.sleep(0.5)
         for node in self.nodes:
-            try:
-                os.killpg(node.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._kill_session(node, signal.SIGKILL)
         self.nodes.clear()
