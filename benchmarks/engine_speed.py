@@ -135,6 +135,29 @@ def matmul_peak(device: str, threads: int) -> float:
     return best
 
 
+def vcpu_gflops(size: int = 384, reps: int = 5) -> list[float]:
+    """fp32 GFLOP/s of a one-thread matmul pinned to each CPU of this process in turn (best of `reps`). On a VM the
+    vCPUs' speeds can differ and drift (2026-12-02: the same 1-thread PGD loop pinned to one vCPU or the other ran at
+    140-290 examples/s within minutes), which no load average shows; recorded before every run."""
+    cpus, threads = sorted(os.sched_getaffinity(0)), torch.get_num_threads()
+    a = torch.randn(size, size)
+    out = []
+    torch.set_num_threads(1)
+    try:
+        for c in cpus:
+            os.sched_setaffinity(0, {c})
+            best = float("inf")
+            for _ in range(reps):
+                t = time.perf_counter()
+                a @ a
+                best = min(best, time.perf_counter() - t)
+            out.append(2 * size ** 3 / best / 1e9)
+    finally:
+        os.sched_setaffinity(0, cpus)
+        torch.set_num_threads(threads)
+    return out
+
+
 def plain_loop(trials, attack, eps_list, x, y, index, shard, batch, base_seed, device):
     """(A): one process, no Ray, no files, batches of `batch` over all examples, one ε after another: returns robust
     flags and adversarial predictions keyed like the engine's. Random starts follow the engine's convention (each
@@ -253,6 +276,7 @@ def main(args):
                 work_items = n * len(eps) * n_trials
                 busiest, cpu_share = {"A": [], "B": [], "C": []}, {"A": [], "B": [], "C": []}
                 times, loads, diffs, ref = {"A": [], "B": [], "C": []}, {"A": [], "B": [], "C": []}, {}, None
+                vcpus = {"A": [], "B": [], "C": []}
                 order = [k for r in range(args.rounds) for k in (("A", "B", "C") if r % 2 == 0 else ("C", "B", "A"))]
                 for run_i, arm in enumerate(order):
                     out = work / f"{aname}-{sname}-{run_i}"
@@ -261,6 +285,7 @@ def main(args):
                     def note(unit, info, units=units):
                         units.append(info)
                     before = os.getloadavg()[0]
+                    vcpus[arm].append(vcpu_gflops())
                     cpu = 0.0
                     if arm == "A":
                         t, c = time.perf_counter(), time.process_time()
@@ -305,6 +330,7 @@ def main(args):
                     job["arms"][arm] = {"label": label, "seconds": spread(times[arm]),
                                         "examples_per_s": work_items / statistics.median(times[arm]),
                                         "speedup_vs_plain": spread(ratio), "loadavg_before_after": loads[arm],
+                                        "vcpu_gflops_before": vcpus[arm],
                                         "busiest_worker_s": spread(busiest[arm]),
                                         "cores_used": spread(cpu_share[arm]),
                                         "vs_plain_first_run": diffs[arm]}
@@ -353,6 +379,11 @@ def markdown(results) -> str:
         lines.append(f"| {key} | {j['work_items']} | {A['examples_per_s']:.1f} | {B['examples_per_s']:.1f}, "
                      f"{r(B['speedup_vs_plain'])} | {C['examples_per_s']:.1f}, "
                      f"{r(C['speedup_vs_plain'])} | {diff} | {load} |")
+    probes = [g for j in results["jobs"].values() for arm in j["arms"].values()
+              for run in arm.get("vcpu_gflops_before", []) for g in run]
+    if probes:
+        lines += ["", f"One-thread matmul on each vCPU before each run: {min(probes):.0f}–{max(probes):.0f} GFLOP/s "
+                      f"(median {statistics.median(probes):.0f}): the machine's own speed varied this much."]
     return "\n".join(lines)
 
 

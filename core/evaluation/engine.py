@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from advsweep.evaluation.units import AttackConfig, Unit, make_units, shard_bounds
+from advsweep.malloc import keep_freed_memory, minor_faults
 from advsweep.storage import location
 from advsweep.storage.parquet import example_file
 
@@ -77,6 +78,7 @@ class EvalWorker:
     def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, cache_models: int = 4,
                  crash_marker: str | None = None, nice: int = 0):
         torch.set_num_threads(max(1, threads))
+        self.malloc_tuned = keep_freed_memory()  # a Ray worker otherwise page-faults every tensor in (see malloc.py)
         import advsweep.evaluation.shard  # noqa: F401  (the attacks: an actor is up once it can run a unit at once)
         if nice:  # a background worker (overlapped evaluation): the OS runs training first when cores are short
             os.nice(nice)
@@ -106,7 +108,7 @@ class EvalWorker:
         from advsweep.training.trainer import as_float_images
 
         units = units if isinstance(units, tuple) else (units,)
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start, cpu_start, faults_start = time.perf_counter(), time.process_time(), minor_faults()
         model = self._model(checkpoint)
         source = self._model(source_checkpoint) if source_checkpoint else None
         xt = as_float_images(torch.from_numpy(np.array(x)))  # object-store arrays are read-only
@@ -131,6 +133,7 @@ class EvalWorker:
             paths.append(str(path))
         return {"paths": paths, "rows": sum(t.num_rows for _, _, t in tables), "examples": len(x),
                 "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+                "minor_faults": minor_faults() - faults_start, "malloc_tuned": self.malloc_tuned,
                 "pid": os.getpid(), **node,
                 "threads": torch.get_num_threads(), "omp_wait": omp_wait()}
 

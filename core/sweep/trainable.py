@@ -25,6 +25,7 @@ from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE
 from advsweep.evaluation.engine import ray_node
 from advsweep.evaluation.shard import predict
 from advsweep.evaluation.stats import wilson_interval
+from advsweep.malloc import keep_freed_memory
 from advsweep.models import build_model, count_parameters, nfe, reset_nfe
 from advsweep.spec import TrialConfig
 from advsweep.storage.mlflow_records import trial_tags
@@ -158,6 +159,7 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
     torch.set_num_threads(max(1, int(ctx["cpu"])))
+    keep_freed_memory()  # a Ray worker otherwise page-faults every freed tensor in again (see advsweep.malloc)
     device = torch.device("cuda" if ctx["gpu"] > 0 and torch.cuda.is_available() else "cpu")
     seed = cfg.seed  # the replicate seed only: trials differ in seed only when they are replicates
     meta = {k: int(data[k]) for k in ("channels", "num_classes", "image_size")}
