@@ -122,20 +122,22 @@ class LoopbackCluster:
         process group alone misses them, and a trial there could finish training after its node was "lost": every
         process of the node's session is killed. Returns the raylet's pid."""
         node = self._live(name)
-        pid = next(p for p, c in self.pids(node) if c.strip() == "raylet")
-        self._kill_session(node, signal.SIGKILL)
+        procs = self.pids(node)
+        pid = next(p for p, c in procs if c.strip() == "raylet")
         node.killed = True  # a node of the same name may be started again (add_node)
         deadline = time.time() + 10
-        while left := self.pids(node):
+        while procs:
             if time.time() > deadline:
-                raise RuntimeError(f"node {name}: processes left after SIGKILL: {left}")
-            self._kill_session(node, signal.SIGKILL)
+                raise RuntimeError(f"node {name}: processes left after SIGKILL: {procs}")
+            self._signal(procs, signal.SIGKILL)
             time.sleep(0.05)
+            procs = self.pids(node)
         return pid
 
-    def _kill_session(self, node: Node, sig: int) -> None:
-        """Send sig to every process of the node's session, the raylet first (so it starts no new worker)."""
-        for p, _ in sorted(self.pids(node), key=lambda pc: pc[1].strip() != "raylet"):
+    @staticmethod
+    def _signal(procs: list[tuple[int, str]], sig: int) -> None:
+        """Send sig to each (pid, command) of `procs`, the raylet first (so it starts no new worker)."""
+        for p, _ in sorted(procs, key=lambda pc: pc[1].strip() != "raylet"):
             try:
                 os.kill(p, sig)
             except ProcessLookupError:
@@ -147,10 +149,10 @@ class LoopbackCluster:
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM every node started here (worker nodes first), then SIGKILL what is left."""
         for node in reversed(self.nodes):
-            self._kill_session(node, signal.SIGTERM)
+            self._signal(self.pids(node), signal.SIGTERM)
         deadline = time.time() + timeout
         while time.time() < deadline and any(self.pids(n) for n in self.nodes):
             time.sleep(0.5)
         for node in self.nodes:
-            self._kill_session(node, signal.SIGKILL)
+            self._signal(self.pids(node), signal.SIGKILL)
         self.nodes.clear()

@@ -1,10 +1,10 @@
 """glibc malloc settings for the long-lived processes that run attacks and training (Ray workers).
 
 In a Ray worker glibc hands every large tensor buffer (an activation of a batch: megabytes) back to the OS when it is
-freed, and the next attack step page-faults it in again: a 64-example PGD-20 job on a width-16 ResNet took ~54,000–
-74,000 minor page faults and 1.4–1.7x its time in a Ray actor, against 7 faults in the calling process (2026-12-02,
-`benchmarks/engine_speed.py` notes). Raising glibc's mmap and trim thresholds keeps freed buffers in the heap for
-reuse (1,500 faults, same time as in process). Memory use then stays near the process's peak instead of shrinking
+freed, and the next attack step page-faults it in again: a 64-example PGD-20 job on a width-16 ResNet took 48,000–
+74,000 minor page faults and 1.4–1.7x its time in a Ray actor, against 7 faults in the calling process (2026-12-02;
+README, "Evaluation engine"). Raising glibc's mmap and trim thresholds keeps freed buffers in the heap for reuse
+(70 faults, 1.05x the in-process time). Memory use then stays near the process's peak instead of shrinking
 between steps. `ADVSWEEP_MALLOC=default` leaves glibc's settings alone (for comparison).
 """
 from __future__ import annotations

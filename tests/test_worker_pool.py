@@ -9,7 +9,7 @@ import pytest
 from advsweep.evaluation.engine import WorkerPool, evaluate
 from advsweep.evaluation.units import AttackConfig
 from advsweep.storage.parquet import read_examples
-from checkpoints import two_trial_job
+from checkpoints import make_checkpoint, two_trial_job
 
 pytestmark = pytest.mark.slow
 ATTACKS = [AttackConfig("fgsm", "fgsm", (0.05, 0.1)), AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
@@ -131,7 +131,6 @@ def test_workers_keep_freed_memory_instead_of_faulting_it_back(ray_local, tmp_pa
     import numpy as np
 
     from advsweep.evaluation.engine import TrialRef
-    from checkpoints import make_checkpoint
 
     trials = [TrialRef("t0", make_checkpoint(tmp_path / "c", 0, width=16, blocks=1))]
     rng = np.random.default_rng(0)
