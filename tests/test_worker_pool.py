@@ -1,4 +1,5 @@
 """Warm worker pool and the in-process path of the engine (issue 13): same rows as fresh actors, actors cleaned up."""
+import functools
 import os
 import shutil
 import time
@@ -28,11 +29,11 @@ def _rows(out):
     return df.sort_values(["trial_id", "attack", "eps", "example_index"]).reset_index(drop=True)
 
 
-def _eval(out, job, trials, attacks=ATTACKS, **kw):
+def _eval(out, job, trials, attacks=ATTACKS, batch_size=8, **kw):
     _, x, y, index = job
     infos = []
-    counts = evaluate(out, "sweep-p", trials, attacks, x, y, index, shard_size=SHARD, batch_size=8, base_seed=3,
-                      progress=lambda u, info: infos.append(info), **kw)
+    counts = evaluate(out, "sweep-p", trials, attacks, x, y, index, shard_size=SHARD, batch_size=batch_size,
+                      base_seed=3, progress=lambda u, info: infos.append(info), **kw)
     return counts, infos
 
 
@@ -143,9 +144,52 @@ def test_workers_keep_freed_memory_instead_of_faulting_it_back(ray_local, tmp_pa
             for _ in range(2):  # the second call runs on a warm actor (model loaded, heap grown)
                 infos = []
                 evaluate(pool.out_dir, "sweep-m", trials, attack, x, y, np.arange(64), shard_size=64, batch_size=64,
-                         base_seed=0, num_workers=1, pool=pool, progress=lambda u, i: infos.append(i))
+                         base_seed=0, num_workers=1, pool=pool, in_process=False,
+                         progress=lambda u, i: infos.append(i))
                 shutil.rmtree(Path(pool.out_dir) / "examples")
             (info,) = infos
             assert info["malloc_tuned"] is (name == "kept")
             faults[name] = info["minor_faults"]
     assert faults["glibc"] > 5 * faults["kept"], faults
+
+
+def test_pass_bounds_cut_a_lone_shard_between_threads():
+    from advsweep.evaluation.shard import pass_bounds
+
+    assert pass_bounds(150, 64) == [(0, 64), (64, 128), (128, 150)]  # one thread: as before
+    assert pass_bounds(64, 64, 2) == [(0, 32), (32, 64)]  # a lone shard: both cores
+    assert pass_bounds(192, 64, 2) == [(0, 48), (48, 96), (96, 144), (144, 192)]  # a multiple of the threads
+    assert pass_bounds(3, 64, 4) == [(0, 1), (1, 2), (2, 3)]  # never an empty pass
+    for total, batch, threads in ((1, 8, 2), (100, 7, 3), (64, 64, 5)):
+        cut = pass_bounds(total, batch, threads)
+        assert cut[0][0] == 0 and cut[-1][1] == total and all(a < b <= a + batch for a, b in cut)
+        assert all(p[1] == q[0] for p, q in zip(cut, cut[1:]))
+
+
+def test_lone_job_spreads_its_passes_over_the_node_cpus_with_the_actor_rows(ray_local, job, tmp_path):
+    """One pending ε-batched job runs in this process with its passes on 2 one-thread Python threads, also when a
+    warm pool is at hand (a niced background pool, or a job that cannot split, stays on the actor); the rows are
+    those of one actor running
+    it as one pass (batch = shard size: 2 passes of 8 here, 1 of 16 there)."""
+    trials = job[0]
+    _, x, y, index = job
+    lone = (trials, x[:SHARD], y[:SHARD], index[:SHARD])
+    pgd = [AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
+    _eval = functools.partial(globals()["_eval"], batch_size=SHARD)
+    _, here = _eval(tmp_path / "here", lone, trials[:1], pgd, num_workers=2)
+    assert here[0]["pid"] == os.getpid() and (here[0]["threads"], here[0]["pass_threads"]) == (1, 2)
+    _, actor = _eval(tmp_path / "actor", lone, trials[:1], pgd, num_workers=1, in_process=False, head_start=False)
+    assert actor[0]["pid"] != os.getpid() and actor[0]["pass_threads"] == 1
+    assert _rows(tmp_path / "here").equals(_rows(tmp_path / "actor"))
+    with WorkerPool(tmp_path / "warm", "sweep-p") as pool:
+        _, warm = _eval(tmp_path / "warm", lone, trials[:1], pgd, pool=pool)
+        assert warm[0]["pid"] == os.getpid() and warm[0]["pass_threads"] == 2 and pool.created == 0
+        # a job that cannot split its passes gains nothing here: it stays on the warm actor
+        _, square = _eval(tmp_path / "warm", lone, trials[:1], [AttackConfig("sq", "square", (0.1,),
+                                                                               {"n_queries": 5})], pool=pool)
+        assert square[0]["pid"] != os.getpid() and square[0]["pass_threads"] == 1
+    with WorkerPool(tmp_path / "bg", "sweep-p", background=True) as pool:
+        _, bg = _eval(tmp_path / "bg", lone, trials[:1], pgd, pool=pool)
+        assert bg[0]["pid"] != os.getpid()
+    assert _rows(tmp_path / "warm").query("attack == 'pgd'").reset_index(drop=True).equals(_rows(tmp_path / "actor"))
+    assert _rows(tmp_path / "bg").equals(_rows(tmp_path / "actor"))

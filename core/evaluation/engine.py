@@ -28,6 +28,11 @@ MAX_ATTEMPTS = 3  # per unit, for failures of the actor process (not for bugs: t
 # 2-core machine (benchmarks/engine_speed.py) two actors take ≈ 5 s to start and then do the work of two such
 # processes; starting them pays once the work left exceeds ≈ 1.3 × that start-up.
 HEAD_START_S = 6.0
+# The same when this process's jobs already spread their ε-batched passes over all the node's CPUs: actors then gain
+# only what separate processes run faster than threads sharing one interpreter (PGD-20, width-16 ResNet: 2 warm
+# actors 1.31x the plain 2-thread loop, passes on 2 threads 1.12x, so g = 1.17), and while they start they slow this
+# process (their imports take the same cores, c ~ 0.5). They pay once work left W > S (g - c) / (g - 1) ~ 4 S.
+HEAD_START_SPLIT_S = 20.0
 
 # OpenMP variables that, when set in the driver's environment, leave the workers' OpenMP wait policy to the user.
 _OMP_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -76,14 +81,20 @@ class EvalWorker:
     """Ray actor body: keeps loaded models, runs units, writes their files. Plain class so it can run in-process."""
 
     def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, cache_models: int = 4,
-                 crash_marker: str | None = None, nice: int = 0):
+                 crash_marker: str | None = None, nice: int = 0, pass_threads: int | None = None):
+        """`threads`: torch threads of a job. `pass_threads` (default `threads`): ε-batched passes (fgsm, pgd, pgd_l2)
+        run on that many Python threads with one torch thread each, so their rows never depend on the thread count
+        (see shard._run_eps_batched); 1 on a GPU."""
         torch.set_num_threads(max(1, threads))
+        self.pass_threads = max(1, threads if pass_threads is None else pass_threads)
         self.malloc_tuned = keep_freed_memory()  # a Ray worker otherwise page-faults every tensor in (see malloc.py)
         import advsweep.evaluation.shard  # noqa: F401  (the attacks: an actor is up once it can run a unit at once)
         if nice:  # a background worker (overlapped evaluation): the OS runs training first when cores are short
             os.nice(nice)
         self.out_dir, self.sweep_id = out_dir, sweep_id
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        if self.device.type != "cpu":
+            self.pass_threads = 1
         self.models: OrderedDict[str, torch.nn.Module] = OrderedDict()
         self.cache_models = cache_models
         self.clean: dict[tuple[str, int], torch.Tensor] = {}
@@ -103,7 +114,7 @@ class EvalWorker:
     def run(self, units: Unit | tuple[Unit, ...], checkpoint: str, x: np.ndarray, y: np.ndarray, index: np.ndarray,
             base_seed: int, batch_size: int, source_checkpoint: str | None = None) -> dict[str, Any]:
         """Run one job: a unit, or several ε-batched units of one attack on one shard (see `jobs`)."""
-        from advsweep.evaluation.shard import predict_logits, run_units
+        from advsweep.evaluation.shard import pass_threads_for, predict_logits, run_units
         from advsweep.storage.parquet import write_atomic
         from advsweep.training.trainer import as_float_images
 
@@ -118,7 +129,7 @@ class EvalWorker:
         if key not in self.clean:
             self.clean[key] = predict_logits(model, xt, batch_size, self.device)
         tables = run_units(model, units, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
-                           self.device, source_model=source)
+                           self.device, source_model=source, pass_threads=self.pass_threads)
         if self.crash_marker and not os.path.exists(self.crash_marker):
             Path(self.crash_marker).write_text(str(units))
             os._exit(1)
@@ -135,7 +146,8 @@ class EvalWorker:
                 "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
                 "minor_faults": minor_faults() - faults_start, "malloc_tuned": self.malloc_tuned,
                 "pid": os.getpid(), **node,
-                "threads": torch.get_num_threads(), "omp_wait": omp_wait()}
+                "threads": torch.get_num_threads(), "omp_wait": omp_wait(),
+                "pass_threads": pass_threads_for(model, units, self.pass_threads, self.device)}
 
 
 def free_worker_slots(cpus_per_worker: float, gpus_per_worker: float = 0) -> int:
@@ -271,20 +283,27 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     `pool`: a `WorkerPool` whose warm actors this call uses and leaves warm (its own settings then replace
     `cpus_per_worker`, `gpus_per_worker`, `worker_env` and `crash_marker`); None: a pool for this call only.
     `in_process`: run the units in this process (the same worker code and files; no actor start-up, no retry of a
-    dying process) with a worker's torch threads (`cpus_per_worker`); None: only when the
-    pending units make one job (see `jobs`) on a one-node CPU cluster without a warm pool, where an actor could not
-    run anything in parallel and would only add its start-up.
-    `head_start`: this process runs the first jobs itself (a worker's torch threads) and starts the
-    actors only once the work left, at the pace of the jobs done so far, exceeds `HEAD_START_S`; it stops taking
+    dying process) with a worker's torch threads (`cpus_per_worker`), and ε-batched passes on as many 1-thread
+    Python threads as `num_workers` workers have CPUs (default: the node's CPUs); None: only when the pending
+    units make one job (see `jobs`) on a one-node CPU cluster, without a pool (an actor would add its start-up) or,
+    for an ε-batched job, with a warm pool that is not niced (background; its actor would run the job on one
+    worker's CPUs).
+    `head_start`: this process runs the first jobs itself (a worker's torch threads; ε-batched passes on as many
+    1-thread Python threads as the workers have CPUs) and starts the actors only once the work left, at the pace of
+    the jobs done so far, exceeds `HEAD_START_S` (`HEAD_START_SPLIT_S` when its jobs used all those CPUs); it stops taking
     jobs as soon as an actor is up, and jobs go only to actors that are up meanwhile. So work shorter than an actor's
     start-up never waits for one. None: on for a call without a warm pool on a one-node CPU cluster (no crash
     marker)."""
     import ray
 
+    from advsweep.evaluation.shard import eps_batched
+
     out_dir = str(location.root(out_dir))
     units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
     if not todo:
         return {"units": len(units), "ran": 0, "resubmitted": 0}
+    if pool is not None and (pool.out_dir, pool.sweep_id) != (out_dir, sweep_id):
+        raise ValueError(f"the worker pool writes {pool.out_dir} for {pool.sweep_id}, not {out_dir} for {sweep_id}")
     bounds = shard_bounds(len(x), shard_size)
     work = jobs(todo, [hi - lo for lo, hi in bounds], batch_size)
     ckpt = {t.trial_id: t.checkpoint for t in trials}
@@ -298,14 +317,25 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
         lo, hi = bounds[job[0].shard]
         return [x[lo:hi], y[lo:hi], index[lo:hi]]
 
-    one_cpu_node = (pool is None and not gpus_per_worker and crash_marker is None
-                    and (not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1))
+    one_node = not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1
+    one_cpu_node = pool is None and not gpus_per_worker and crash_marker is None and one_node
     if in_process is None:
-        in_process = len(work) == 1 and one_cpu_node
+        # A warm pool's actor would run a lone ε-batched job on its one worker's CPUs; here its passes can use all
+        # the node's. Not for a niced (background) pool: its work must yield to training, this process does not.
+        in_process = len(work) == 1 and (one_cpu_node or (
+            pool is not None and one_node and not pool.gpus_per_worker and pool.nice == 0 and crash_marker is None
+            and pool.crash_marker is None and all(eps_batched(u) for u in work[0])))
     # Work in this process uses a worker's thread count: an adaptive ODE solver's steps, and so a unit's rows, can
-    # depend on the number of threads, and rows must not depend on where a unit ran.
+    # depend on the number of threads, and rows must not depend on where a unit ran. ε-batched passes run on
+    # 1-thread Python threads anyway (EvalWorker), so a lone job spreads its passes over the node's CPUs.
     if in_process:
-        here = _LocalWorker(out_dir, sweep_id, int(max(1, cpus_per_worker)), gpus_per_worker > 0)
+        threads = int(max(1, pool.cpus_per_worker if pool is not None else cpus_per_worker))
+        if num_workers is not None:
+            cpus = num_workers * threads
+        else:
+            cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
+        gpu = (pool.gpus_per_worker if pool is not None else gpus_per_worker) > 0
+        here = _LocalWorker(out_dir, sweep_id, threads, gpu, pass_threads=max(threads, cpus))
         try:
             for job in work:
                 _report(progress, job, here.run(*run_args(job, shard_arrays(job))))
@@ -316,8 +346,6 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     if own_pool:
         pool = WorkerPool(out_dir, sweep_id, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                           worker_env=worker_env, crash_marker=crash_marker)
-    elif (pool.out_dir, pool.sweep_id) != (out_dir, sweep_id):
-        raise ValueError(f"the worker pool writes {pool.out_dir} for {pool.sweep_id}, not {out_dir} for {sweep_id}")
     cpus_per_worker, gpus_per_worker = pool.cpus_per_worker, pool.gpus_per_worker
 
     def slots() -> int:  # workers the alive nodes hold now (a lost node lowers it)
@@ -332,7 +360,8 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     # Shard data travels as small per-call arrays; each shard's slice is put once and shared by its units.
     refs = {s: (ray.put(x[lo:hi]), ray.put(y[lo:hi]), ray.put(index[lo:hi])) for s, (lo, hi) in enumerate(bounds)}
     use_head_start = one_cpu_node if head_start is None else head_start
-    here = _LocalWorker(out_dir, sweep_id, pool.threads, False) if use_head_start else None
+    here = (_LocalWorker(out_dir, sweep_id, pool.threads, False, pass_threads=int(num_workers * pool.threads))
+            if use_head_start else None)
     free = pool.take(num_workers) if here is None else []  # with a head start, actors start when work is left
     launched = here is None
     queue = list(reversed(work))  # pop() from the end keeps the trial-major order: actors reuse loaded models
@@ -341,7 +370,7 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     resubmitted = 0
     try:
         while queue or inflight:
-            if not launched and here.seconds_left(len(queue)) > HEAD_START_S:
+            if not launched and here.seconds_left(len(queue)) > here.head_start_s():
                 free, launched = pool.take(num_workers), True
             if here is not None and any(pool.is_up(a) for a in [*free, *(a for _, a in inflight.values())]):
                 here = here.stop()
@@ -411,15 +440,21 @@ class _LocalWorker:
     threads that times its jobs; `stop()` restores this process's thread count and returns None (for
     `here = here.stop()`)."""
 
-    def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool):
+    def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, pass_threads: int | None = None):
         self.threads = torch.get_num_threads()
-        self.worker = EvalWorker(out_dir, sweep_id, threads, use_gpu)
-        self.jobs, self.seconds = 0, 0.0
+        self.worker = EvalWorker(out_dir, sweep_id, threads, use_gpu, pass_threads=pass_threads)
+        self.jobs, self.seconds, self.split = 0, 0.0, 0
 
     def run(self, *args) -> dict[str, Any]:
         info = self.worker.run(*args)
         self.jobs, self.seconds = self.jobs + 1, self.seconds + info["seconds"]
+        self.split += info["pass_threads"] > 1
         return info
+
+    def head_start_s(self) -> float:
+        """Work left above which actors pay: `HEAD_START_SPLIT_S` while every job so far spread its passes over
+        several threads, else `HEAD_START_S`."""
+        return HEAD_START_SPLIT_S if self.jobs and self.split == self.jobs else HEAD_START_S
 
     def seconds_left(self, jobs_left: int) -> float:
         """The work left at this process's pace so far (0 before its first job)."""
