@@ -169,27 +169,26 @@ def test_pass_bounds_cut_a_lone_shard_between_threads():
 def test_lone_job_spreads_its_passes_over_the_node_cpus_with_the_actor_rows(ray_local, job, tmp_path):
     """One pending ε-batched job runs in this process with its passes on 2 one-thread Python threads, also when a
     warm pool is at hand (a niced background pool, or a job that cannot split, stays on the actor); the rows are
-    those of one actor running
-    it as one pass (batch = shard size: 2 passes of 8 here, 1 of 16 there)."""
+    those of one actor running it as one pass (batch = shard size: 2 passes of 8 here, 1 of 16 there)."""
     trials = job[0]
     _, x, y, index = job
     lone = (trials, x[:SHARD], y[:SHARD], index[:SHARD])
     pgd = [AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
-    _eval = functools.partial(globals()["_eval"], batch_size=SHARD)
-    _, here = _eval(tmp_path / "here", lone, trials[:1], pgd, num_workers=2)
+    lone_eval = functools.partial(_eval, batch_size=SHARD)
+    _, here = lone_eval(tmp_path / "here", lone, trials[:1], pgd, num_workers=2)
     assert here[0]["pid"] == os.getpid() and (here[0]["threads"], here[0]["pass_threads"]) == (1, 2)
-    _, actor = _eval(tmp_path / "actor", lone, trials[:1], pgd, num_workers=1, in_process=False, head_start=False)
+    _, actor = lone_eval(tmp_path / "actor", lone, trials[:1], pgd, num_workers=1, in_process=False, head_start=False)
     assert actor[0]["pid"] != os.getpid() and actor[0]["pass_threads"] == 1
     assert _rows(tmp_path / "here").equals(_rows(tmp_path / "actor"))
     with WorkerPool(tmp_path / "warm", "sweep-p") as pool:
-        _, warm = _eval(tmp_path / "warm", lone, trials[:1], pgd, pool=pool)
+        _, warm = lone_eval(tmp_path / "warm", lone, trials[:1], pgd, pool=pool)
         assert warm[0]["pid"] == os.getpid() and warm[0]["pass_threads"] == 2 and pool.created == 0
         # a job that cannot split its passes gains nothing here: it stays on the warm actor
-        _, square = _eval(tmp_path / "warm", lone, trials[:1], [AttackConfig("sq", "square", (0.1,),
-                                                                               {"n_queries": 5})], pool=pool)
+        square_attack = [AttackConfig("sq", "square", (0.1,), {"n_queries": 5})]
+        _, square = lone_eval(tmp_path / "warm", lone, trials[:1], square_attack, pool=pool)
         assert square[0]["pid"] != os.getpid() and square[0]["pass_threads"] == 1
     with WorkerPool(tmp_path / "bg", "sweep-p", background=True) as pool:
-        _, bg = _eval(tmp_path / "bg", lone, trials[:1], pgd, pool=pool)
+        _, bg = lone_eval(tmp_path / "bg", lone, trials[:1], pgd, pool=pool)
         assert bg[0]["pid"] != os.getpid()
     assert _rows(tmp_path / "warm").query("attack == 'pgd'").reset_index(drop=True).equals(_rows(tmp_path / "actor"))
     assert _rows(tmp_path / "bg").equals(_rows(tmp_path / "actor"))

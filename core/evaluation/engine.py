@@ -84,7 +84,7 @@ class EvalWorker:
                  crash_marker: str | None = None, nice: int = 0, pass_threads: int | None = None):
         """`threads`: torch threads of a job. `pass_threads` (default `threads`): ε-batched passes (fgsm, pgd, pgd_l2)
         run on that many Python threads with one torch thread each, so their rows never depend on the thread count
-        (see shard._run_eps_batched); 1 on a GPU."""
+        (see shard.pass_threads_for: one at a time on a GPU)."""
         torch.set_num_threads(max(1, threads))
         self.pass_threads = max(1, threads if pass_threads is None else pass_threads)
         self.malloc_tuned = keep_freed_memory()  # a Ray worker otherwise page-faults every tensor in (see malloc.py)
@@ -93,8 +93,6 @@ class EvalWorker:
             os.nice(nice)
         self.out_dir, self.sweep_id = out_dir, sweep_id
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        if self.device.type != "cpu":
-            self.pass_threads = 1
         self.models: OrderedDict[str, torch.nn.Module] = OrderedDict()
         self.cache_models = cache_models
         self.clean: dict[tuple[str, int], torch.Tensor] = {}
@@ -329,7 +327,7 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     # depend on the number of threads, and rows must not depend on where a unit ran. ε-batched passes run on
     # 1-thread Python threads anyway (EvalWorker), so a lone job spreads its passes over the node's CPUs.
     if in_process:
-        threads = int(max(1, pool.cpus_per_worker if pool is not None else cpus_per_worker))
+        threads = pool.threads if pool is not None else int(max(1, cpus_per_worker))
         if num_workers is not None:
             cpus = num_workers * threads
         else:
