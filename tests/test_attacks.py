@@ -291,6 +291,25 @@ def test_torchattacks_components_are_reproduced(clf):
     assert torch.equal(build_attack("square", model, 0.05, 3, n_queries=60)(x, y).x_adv, ta(x, y))
 
 
+@pytest.mark.parametrize("loss", ["margin", "ce"])
+def test_square_skips_no_op_candidates_with_torchattacks_results(clf, loss):
+    """Small windows (p_init 0.01: one or two pixels) and a small ε keep points robust for hundreds of queries, so
+    many candidates repeat their point's best: those are not sent through the model, and the adversarials and query
+    counts are still torchattacks' own."""
+    model, x, y = clf
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    try:
+        res = build_attack("square", model, 0.02, 5, n_queries=400, p_init=0.01, loss=loss)(x, y)
+    finally:
+        hook.remove()
+    ta = torchattacks.Square(model, eps=0.02, n_queries=400, p_init=0.01, seed=5, resc_schedule=False, loss=loss)
+    assert torch.equal(res.x_adv, ta(x, y))
+    queried = res.steps.sum().item()
+    assert sum(rows) < 0.9 * queried  # ≥ 10 % of the candidates never reached the model
+    assert (res.steps > 300).sum() > 8  # points that stayed robust throughout
+
+
 def test_autoattack_standard_settings_and_cascade(clf):
     model, x, y = clf
     default = build_attack("autoattack", model, 0.05, 0)

@@ -13,9 +13,11 @@ AutoAttack (`autoattack`, `autoattack_l2`) lives in autoattack.py; it uses `_Squ
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import torch
+import torch.nn.functional as F
 import torchattacks
 from pydantic import Field, NonNegativeInt, PositiveInt
 
@@ -129,6 +131,69 @@ class _FAB(_Tracked, torchattacks.FAB):
 
 
 class _Square(torchattacks.Square):
+    """torchattacks' Square with two changes that leave every result bit-identical (tested against torchattacks):
+    the model runs under inference mode, and in the ℓ∞ run a candidate equal to its point's current best (the
+    window's new sign is the one every pixel of the window already has, or the clamp to [0, 1] undoes it) is not
+    sent through the model. Its score is the best's, so torchattacks' update leaves that point as it is; measured
+    on an adversarially trained Fashion-MNIST ConvNet, 23 % of standard AutoAttack's Square candidates are such
+    no-ops. They still count as queries (the reference's count)."""
+
+    def margin_and_loss(self, x, y):
+        with torch.inference_mode():
+            logits = self.get_logits(x)
+            xent = F.cross_entropy(logits, y, reduction="none") if self.loss == "ce" else None
+            u = torch.arange(x.shape[0], device=x.device)
+            y_corr = logits[u, y].clone()
+            logits[u, y] = -float("inf")
+            y_others = logits.max(dim=-1)[0]
+            if xent is not None:
+                out = (y_others - y_corr, xent) if self.targeted else (y_corr - y_others, -1.0 * xent)
+            else:
+                out = (y_others - y_corr,) * 2 if self.targeted else (y_corr - y_others,) * 2
+        return out[0].clone(), out[1].clone()  # normal tensors again: the run updates them in place
+
+    def attack_single_run(self, x, y):
+        if self.norm != "Linf":
+            return super().attack_single_run(x, y)
+        # torchattacks 3.5.1 Square.attack_single_run (Linf), the same operations and random draws in the same order
+        with torch.no_grad():
+            c, h, w = x.shape[1:]
+            n_features = c * h * w
+            x_best = torch.clamp(x + self.eps * self.random_choice([x.shape[0], c, 1, w]), 0.0, 1.0)
+            margin_min, loss_min = self.margin_and_loss(x_best, y)
+            n_queries = torch.ones(x.shape[0]).to(self.device)
+            for i_iter in range(self.n_queries):
+                idx_to_fool = (margin_min > 0.0).nonzero().flatten()
+                if len(idx_to_fool) == 0:
+                    break
+                x_curr, x_best_curr, y_curr = x[idx_to_fool], x_best[idx_to_fool], y[idx_to_fool]
+                margin_min_curr, loss_min_curr = margin_min[idx_to_fool], loss_min[idx_to_fool]
+                p = self.p_selection(i_iter)
+                s = max(int(round(math.sqrt(p * n_features / c))), 1)
+                vh = self.random_int(0, h - s)
+                vw = self.random_int(0, w - s)
+                new_deltas = torch.zeros([c, h, w]).to(self.device)
+                new_deltas[:, vh:vh + s, vw:vw + s] = 2.0 * self.eps * self.random_choice([c, 1, 1])
+                x_new = torch.min(torch.max(x_best_curr + new_deltas, x_curr - self.eps), x_curr + self.eps)
+                x_new = torch.clamp(x_new, 0.0, 1.0)
+                changed = (x_new != x_best_curr).flatten(1).any(1)
+                margin, loss = margin_min_curr.clone(), loss_min_curr.clone()  # a no-op candidate scores its best
+                if changed.all():
+                    margin, loss = self.margin_and_loss(x_new, y_curr)
+                elif changed.any():
+                    margin[changed], loss[changed] = self.margin_and_loss(x_new[changed], y_curr[changed])
+                idx_improved = (loss < loss_min_curr).float()
+                loss_min[idx_to_fool] = idx_improved * loss + (1.0 - idx_improved) * loss_min_curr
+                idx_miscl = (margin <= 0.0).float()
+                idx_improved = torch.max(idx_improved, idx_miscl)
+                margin_min[idx_to_fool] = idx_improved * margin + (1.0 - idx_improved) * margin_min_curr
+                idx_improved = idx_improved.reshape([-1, *[1] * len(x.shape[:-1])])
+                x_best[idx_to_fool] = idx_improved * x_new + (1.0 - idx_improved) * x_best_curr
+                n_queries[idx_to_fool] += 1.0
+                if (margin_min <= 0.0).all():
+                    break
+        return n_queries, x_best
+
     def perturb_counted(self, x, y):
         """torchattacks Square.perturb (untargeted), also returning the queries spent per example."""
         self.init_hyperparam(x)
