@@ -218,6 +218,19 @@ class _FABTargetedRun:
         log.add(ex, g)
         return logits.detach(), diffy.detach(), g.detach()
 
+    def _split_forward(self, x1, la, la_t, pull, log: GradLog, ex):
+        """Logits at x1: without a gradient for the `pull` pairs, with one (df, dg; zero elsewhere) for the rest."""
+        rest = (~pull).nonzero().flatten()
+        sub = pull.nonzero().flatten()
+        logits_p, _, _ = self._forward(x1[sub], la[sub], la_t[sub], False, log, ex[sub])
+        logits = logits_p.new_empty((len(x1), logits_p.shape[1]))
+        logits[sub] = logits_p
+        df = torch.zeros(len(x1), dtype=x1.dtype, device=x1.device)
+        dg = torch.zeros_like(x1)
+        if rest.numel():
+            logits[rest], df[rest], dg[rest] = self._forward(x1[rest], la[rest], la_t[rest], True, log, ex[rest])
+        return logits, df, dg
+
     def _step(self, x1, im2, df, dg):
         bs = len(x1)
         w = dg.reshape(bs, -1)
@@ -245,12 +258,19 @@ class _FABTargetedRun:
         ids = torch.arange(P, device=x.device)
         im2, la, la_t, r2 = x, y, y_target, res2
         x1 = x.clone()
-        # The gradient at x1 for the first step; later ones come with the prediction forward at the new iterate.
+        # The gradient at x1 for the first step; later ones come with the prediction forward at the new iterate,
+        # except for pairs whose last iterate was adversarial (`pull`): those are likely to be pulled back again,
+        # so they get a gradient-free prediction first and their gradient at the final iterate afterwards.
         _, df, dg = self._forward(x1, la, la_t, True, log, ex)
+        pull = torch.zeros(P, dtype=torch.bool, device=x.device)
         for it in range(self.n_iter):
             x1 = self._step(x1, im2, df, dg)
             last = it == self.n_iter - 1
-            logits, df, dg = self._forward(x1, la, la_t, not last and early_stop, log, ex[ids])
+            if last or not early_stop or not pull.any():
+                logits, df, dg = self._forward(x1, la, la_t, not last and early_stop, log, ex[ids])
+                pull = torch.zeros_like(pull)
+            else:
+                logits, df, dg = self._split_forward(x1, la, la_t, pull, log, ex[ids])
             is_adv = logits.argmax(1) != la
             drop = torch.zeros_like(is_adv)
             if is_adv.any():
@@ -276,17 +296,18 @@ class _FABTargetedRun:
                 keep = ~drop
                 if not keep.any():
                     break
-                ids, im2, la, la_t, r2, x1, is_adv = ids[keep], im2[keep], la[keep], la_t[keep], r2[keep], \
-                    x1[keep], is_adv[keep]
+                ids, im2, la, la_t, r2, x1, is_adv, pull = ids[keep], im2[keep], la[keep], la_t[keep], r2[keep], \
+                    x1[keep], is_adv[keep], pull[keep]
                 if df is not None:
                     df, dg = df[keep], dg[keep]
             if not early_stop:
                 _, df, dg = self._forward(x1, la, la_t, True, log, ex[ids])
-            elif is_adv.any():  # moved back towards x after the prediction: the gradient is needed at the new x1
-                sub = is_adv.nonzero().flatten()
+            elif (is_adv | pull).any():  # the gradient at the final x1 (moved back, or predicted without one)
+                sub = (is_adv | pull).nonzero().flatten()
                 _, df_s, dg_s = self._forward(x1[sub], la[sub], la_t[sub], True, log, ex[ids[sub]])
                 df, dg = df.clone(), dg.clone()
                 df[sub], dg[sub] = df_s, dg_s
+            pull = is_adv
         if not early_stop:  # a pair counts as fooled only within eps (as the reference checks after the run)
             fooled = res2 <= self.eps
         return fooled, adv
