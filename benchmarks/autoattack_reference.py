@@ -46,11 +46,16 @@ def parse_args(argv=None):
     ap.add_argument("--plain", action="store_true", help="also time advsweep's straightforward cascade")
     ap.add_argument("--reference", type=Path, default=None, help="checkout of fra31/auto-attack")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--engine", action="store_true",
+                    help="whole machine: advsweep's engine (one 1-thread worker per core) vs the reference on all "
+                         "cores, per shard with the engine's unit seeds")
+    ap.add_argument("--shard", type=int, default=48, help="--engine: shard size (= the reference's batch)")
     a = ap.parse_args(argv)
-    a.n = a.n or 64
+    a.n = a.n or (4 * a.shard if a.engine else 64)
     a.rounds = a.rounds or 1
     a.n_iter, a.n_queries = (10, 200) if a.quick else (100, 5000)
-    a.out = a.out or OUT / ("autoattack_reference_quick.json" if a.quick else "autoattack_reference.json")
+    name = "autoattack_reference" + ("_engine" if a.engine else "") + ("_quick" if a.quick else "")
+    a.out = a.out or OUT / f"{name}.json"
     return a
 
 
@@ -183,5 +188,135 @@ def main(a):
     log(f"wrote {a.out}")
 
 
+def main_engine(a):
+    """--engine: the machine's cores for both. The reference runs in this process on all cores (torch threads = CPU
+    count), one `run_standard_evaluation` per shard of --shard examples with that shard's engine seed (bs = shard),
+    which is exactly the work and the draws of the engine's AutoAttack unit for that shard. advsweep runs the same
+    shards through `evaluate` on a warm `WorkerPool` (one 1-thread actor per core, started once; its start-up is
+    reported apart): the steady state of a sweep's evaluation stage. Per example, the robust flag of each arm (the
+    engine's Parquet rows; the reference's clean and adversarial predictions) must agree."""
+    import shutil
+
+    import numpy as np
+    import ray
+
+    from advsweep.data import load_dataset, stratified_subset
+    from advsweep.evaluation.engine import TrialRef, WorkerPool, evaluate
+    from advsweep.evaluation.units import AttackConfig, make_units
+    from advsweep.storage.parquet import read_examples
+    from advsweep.training.trainer import as_float_images
+    from attack_throughput import save_checkpoint
+
+    cores = os.cpu_count()
+    ref, ref_commit = reference_dir(a.reference)
+    sys.path.insert(0, str(ref))
+    from autoattack import AutoAttack as RefAutoAttack
+
+    data = load_dataset("fashion-mnist")
+    idx = stratified_subset(data.y_test, a.n, 0)
+    x_np, y_np = data.x_test[idx], data.y_test[idx]
+    x, y = as_float_images(torch.from_numpy(x_np)), torch.from_numpy(y_np).long()
+    attack = AttackConfig("aa", "autoattack", (a.eps,), {"n_iter": a.n_iter, "n_queries": a.n_queries})
+    work = Path(tempfile.mkdtemp(prefix="aa-engine-"))
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False,
+             _system_config={"worker_niceness": 0},
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
+    result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+              "reference": {"repo": "fra31/auto-attack", "commit": ref_commit, "licence": "MIT"},
+              "torch": torch.__version__, "cpu_count": cores, "reference_threads": cores, "engine_workers": cores,
+              "load_start": os.getloadavg(), "models": {}}
+    t = time.perf_counter()
+    pool = WorkerPool(work / "pool", "bench", cpus_per_worker=1)
+    ready = pool.take(cores)
+    ray.get([w.__ray_ready__.remote() for w in ready])
+    pool.give_back(ready)
+    result["pool_startup_s"] = time.perf_counter() - t
+    log(f"warm pool of {cores} workers up in {result['pool_startup_s']:.1f} s")
+
+    def run_reference(model, trial_id):
+        torch.set_num_threads(cores)
+        flags = torch.zeros(a.n, dtype=torch.bool)
+        for u in make_units(trial_id, [attack], a.n, a.shard):
+            lo, hi = u.shard * a.shard, min((u.shard + 1) * a.shard, a.n)
+            aa = RefAutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=u.seed(0), device="cpu",
+                               verbose=False)
+            aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = a.n_iter
+            for atk in (aa.apgd, aa.apgd_targeted):
+                atk.n_iter_2, atk.n_iter_min = max(int(0.22 * a.n_iter), 1), max(int(0.06 * a.n_iter), 1)
+                atk.size_decr = max(int(0.03 * a.n_iter), 1)
+            aa.square.n_queries = a.n_queries
+            adv = aa.run_standard_evaluation(x[lo:hi], y[lo:hi], bs=hi - lo)
+            with torch.no_grad():
+                flags[lo:hi] = (model(x[lo:hi]).argmax(1) == y[lo:hi]) & (model(adv).argmax(1) == y[lo:hi])
+        torch.set_num_threads(1)
+        return flags
+
+    def run_engine(trial):
+        evaluate(pool.out_dir, "bench", [trial], [attack], x_np, y_np, idx, shard_size=a.shard, batch_size=a.shard,
+                 base_seed=0, num_workers=cores, pool=pool, in_process=False, head_start=False)
+        rows = read_examples(pool.out_dir, columns=["trial_id", "example_index", "robust"]).to_pylist()
+        pos = {int(e): i for i, e in enumerate(idx)}
+        flags = torch.zeros(a.n, dtype=torch.bool)
+        for r in rows:
+            if r["trial_id"] == trial.trial_id:
+                flags[pos[r["example_index"]]] = bool(r["robust"])
+        shutil.rmtree(pool.out_dir, ignore_errors=True)
+        return flags, len([r for r in rows if r["trial_id"] == trial.trial_id])
+
+    try:
+        for kind in a.models.split(","):
+            torch.set_num_threads(1)
+            t0 = time.perf_counter()
+            model = train(kind, data, a.train_steps, a.eps)
+            trial = TrialRef(kind, save_checkpoint(model, "convnet", {"channels": [16, 32]}, data, work / kind))
+            with torch.no_grad():
+                clean = model(x).argmax(1) == y
+            rec = {"train_seconds": time.perf_counter() - t0, "clean_correct": int(clean.sum()), "runs": []}
+            log(f"{kind}: trained in {rec['train_seconds']:.0f} s, clean {int(clean.sum())}/{a.n}")
+            flags = {}
+            for r in range(a.rounds):
+                order = ["engine", "reference"] if r % 2 == 0 else ["reference", "engine"]
+                for arm in order + order[::-1]:
+                    load0 = os.getloadavg()
+                    t = time.perf_counter()
+                    if arm == "engine":
+                        f, n_rows = run_engine(trial)
+                    else:
+                        f, n_rows = run_reference(model, kind), a.n
+                    sec = time.perf_counter() - t
+                    flags.setdefault(arm, f)
+                    rec["runs"].append({"round": r, "arm": arm, "seconds": sec, "examples_per_s": a.n / sec,
+                                        "rows": n_rows, "robust": int(f.sum()),
+                                        "same_flags_as_first_run": bool(torch.equal(f, flags[arm])),
+                                        "load_before": load0, "load_after": os.getloadavg()})
+                    log(f"{kind} round {r} {arm}: {sec:.1f} s, robust {int(f.sum())}/{a.n}, load {load0[0]:.1f}")
+            secs = {arm: [u["seconds"] for u in rec["runs"] if u["arm"] == arm] for arm in flags}
+            ratios = [sr / so for sr, so in zip(secs["reference"], secs["engine"])]
+            rec["summary"] = {
+                "examples_per_s": {arm: statistics.median([a.n / s for s in v]) for arm, v in secs.items()},
+                "ratio_reference_time_over_engine": {"median": statistics.median(ratios), "min": min(ratios),
+                                                     "max": max(ratios), "all": ratios},
+                "flags_agree": int((flags["engine"] == flags["reference"]).sum()), "examples": a.n,
+                "robust": {arm: int(f.sum()) for arm, f in flags.items()},
+            }
+            log(kind, json.dumps(rec["summary"]))
+            result["models"][kind] = rec
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(result, indent=1))
+    finally:
+        pool.close()
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    result["load_end"] = os.getloadavg()
+    a.out.write_text(json.dumps(result, indent=1))
+    log(f"wrote {a.out}")
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    args = parse_args()
+    if args.engine:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        main_engine(args)
+    else:
+        main(args)
