@@ -100,6 +100,21 @@ def train(kind: str, data, steps: int, eps: float):
     return model.eval()
 
 
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
+
+
+def trained(kind: str, data, a, x, y):
+    """The model of `kind` and the start of its record (training time, clean accuracy on x)."""
+    t0 = time.perf_counter()
+    model = train(kind, data, a.train_steps, a.eps)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    rec = {"train_seconds": time.perf_counter() - t0, "clean_correct": int(clean.sum()), "runs": []}
+    log(f"{kind}: trained in {rec['train_seconds']:.0f} s, clean {int(clean.sum())}/{a.n}")
+    return model, rec
+
+
 def robust_flags(model, x, y, x_adv) -> torch.Tensor:
     with torch.no_grad():
         return model(x_adv).argmax(1) == y
@@ -113,16 +128,21 @@ def run_ours(model, x, y, a, plain=False):
     return res.x_adv, {"broken_by": res.info["broken_by"].tolist(), "forward_passes": int(res.steps.sum())}
 
 
-def run_reference(model, x, y, a):
+def reference_attack(model, a, seed: int):
+    """The reference's standard AutoAttack with --quick's budgets applied."""
     from autoattack import AutoAttack as RefAutoAttack
 
-    aa = RefAutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=0, device="cpu", verbose=False)
+    aa = RefAutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=seed, device="cpu", verbose=False)
     aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = a.n_iter
     for atk in (aa.apgd, aa.apgd_targeted):  # the checkpoints derive from n_iter at construction
         atk.n_iter_2, atk.n_iter_min = max(int(0.22 * a.n_iter), 1), max(int(0.06 * a.n_iter), 1)
         atk.size_decr = max(int(0.03 * a.n_iter), 1)
     aa.square.n_queries = a.n_queries
-    return aa.run_standard_evaluation(x, y, bs=len(x)), {}
+    return aa
+
+
+def run_reference(model, x, y, a):
+    return reference_attack(model, a, 0).run_standard_evaluation(x, y, bs=len(x)), {}
 
 
 def main(a):
@@ -143,12 +163,7 @@ def main(a):
     if a.plain:
         arms["plain"] = lambda m: run_ours(m, x, y, a, plain=True)
     for kind in a.models.split(","):
-        t0 = time.perf_counter()
-        model = train(kind, data, a.train_steps, a.eps)
-        with torch.no_grad():
-            clean = model(x).argmax(1) == y
-        rec = {"train_seconds": time.perf_counter() - t0, "clean_correct": int(clean.sum()), "runs": []}
-        log(f"{kind}: trained in {rec['train_seconds']:.0f} s, clean {int(clean.sum())}/{a.n}")
+        model, rec = trained(kind, data, a, x, y)
         flags = {}
         for r in range(a.rounds):
             order = list(arms) if r % 2 == 0 else list(reversed(arms))
@@ -170,11 +185,9 @@ def main(a):
         cpu_ratios = [sr / so for sr, so in zip(cpus["reference"], cpus["ours"])]
         rec["summary"] = {
             "examples_per_s": {arm: statistics.median([a.n / s for s in v]) for arm, v in secs.items()},
-            "ratio_reference_time_over_ours": {"median": statistics.median(ratios), "min": min(ratios),
-                                               "max": max(ratios), "all": ratios},
+            "ratio_reference_time_over_ours": spread(ratios),
             # process CPU time (1 thread): less sensitive than wall time to other processes on a busy machine
-            "cpu_ratio_reference_over_ours": {"median": statistics.median(cpu_ratios), "min": min(cpu_ratios),
-                                              "max": max(cpu_ratios), "all": cpu_ratios},
+            "cpu_ratio_reference_over_ours": spread(cpu_ratios),
             "flags_agree": int((flags["ours"] == flags["reference"]).sum()), "examples": a.n,
             "robust": {arm: int(f.sum()) for arm, f in flags.items()},
         }
@@ -197,7 +210,6 @@ def main_engine(a):
     engine's Parquet rows; the reference's clean and adversarial predictions) must agree."""
     import shutil
 
-    import numpy as np
     import ray
 
     from advsweep.data import load_dataset, stratified_subset
@@ -210,7 +222,6 @@ def main_engine(a):
     cores = os.cpu_count()
     ref, ref_commit = reference_dir(a.reference)
     sys.path.insert(0, str(ref))
-    from autoattack import AutoAttack as RefAutoAttack
 
     data = load_dataset("fashion-mnist")
     idx = stratified_subset(data.y_test, a.n, 0)
@@ -238,14 +249,7 @@ def main_engine(a):
         flags = torch.zeros(a.n, dtype=torch.bool)
         for u in make_units(trial_id, [attack], a.n, a.shard):
             lo, hi = u.shard * a.shard, min((u.shard + 1) * a.shard, a.n)
-            aa = RefAutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=u.seed(0), device="cpu",
-                               verbose=False)
-            aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = a.n_iter
-            for atk in (aa.apgd, aa.apgd_targeted):
-                atk.n_iter_2, atk.n_iter_min = max(int(0.22 * a.n_iter), 1), max(int(0.06 * a.n_iter), 1)
-                atk.size_decr = max(int(0.03 * a.n_iter), 1)
-            aa.square.n_queries = a.n_queries
-            adv = aa.run_standard_evaluation(x[lo:hi], y[lo:hi], bs=hi - lo)
+            adv = reference_attack(model, a, u.seed(0)).run_standard_evaluation(x[lo:hi], y[lo:hi], bs=hi - lo)
             with torch.no_grad():
                 flags[lo:hi] = (model(x[lo:hi]).argmax(1) == y[lo:hi]) & (model(adv).argmax(1) == y[lo:hi])
         torch.set_num_threads(1)
@@ -266,13 +270,8 @@ def main_engine(a):
     try:
         for kind in a.models.split(","):
             torch.set_num_threads(1)
-            t0 = time.perf_counter()
-            model = train(kind, data, a.train_steps, a.eps)
+            model, rec = trained(kind, data, a, x, y)
             trial = TrialRef(kind, save_checkpoint(model, "convnet", {"channels": [16, 32]}, data, work / kind))
-            with torch.no_grad():
-                clean = model(x).argmax(1) == y
-            rec = {"train_seconds": time.perf_counter() - t0, "clean_correct": int(clean.sum()), "runs": []}
-            log(f"{kind}: trained in {rec['train_seconds']:.0f} s, clean {int(clean.sum())}/{a.n}")
             flags = {}
             for r in range(a.rounds):
                 order = ["engine", "reference"] if r % 2 == 0 else ["reference", "engine"]
@@ -294,8 +293,7 @@ def main_engine(a):
             ratios = [sr / so for sr, so in zip(secs["reference"], secs["engine"])]
             rec["summary"] = {
                 "examples_per_s": {arm: statistics.median([a.n / s for s in v]) for arm, v in secs.items()},
-                "ratio_reference_time_over_engine": {"median": statistics.median(ratios), "min": min(ratios),
-                                                     "max": max(ratios), "all": ratios},
+                "ratio_reference_time_over_engine": spread(ratios),
                 "flags_agree": int((flags["engine"] == flags["reference"]).sum()), "examples": a.n,
                 "robust": {arm: int(f.sum()) for arm, f in flags.items()},
             }
