@@ -17,7 +17,9 @@ implementation. What differs is only how the work is scheduled, never which poin
   target t, the runs of targets after t are dropped at once and redone from the RNG state after target t's draw.
 - **No repeated forwards.** Clean logits are computed once (APGD-T's and FAB-T's target classes come from them);
   a stage's result is what its runs observed (no re-evaluation afterwards: the engine re-evaluates every returned
-  point anyway); FAB's prediction at a new iterate reuses the forward of the next gradient step.
+  point anyway); FAB's prediction at a new iterate reuses the forward of the next gradient step, except for a pair
+  whose previous iterate was adversarial (usually pulled back again: a gradient-free prediction, then one gradient at
+  the final iterate); Square's ℓ∞ run does not query candidates equal to their point's best (`_Square`).
 
 `plain=True` runs the same algorithms the straightforward way (no early stop, one target after another, the
 reference's re-evaluation after each run and each stage); the tests check that both give identical per-example flags.
