@@ -258,14 +258,14 @@ def main_engine(a):
     def run_engine(trial):
         evaluate(pool.out_dir, "bench", [trial], [attack], x_np, y_np, idx, shard_size=a.shard, batch_size=a.shard,
                  base_seed=0, num_workers=cores, pool=pool, in_process=False, head_start=False)
-        rows = read_examples(pool.out_dir, columns=["trial_id", "example_index", "robust"]).to_pylist()
+        rows = [r for r in read_examples(pool.out_dir, columns=["trial_id", "example_index", "robust"]).to_pylist()
+                if r["trial_id"] == trial.trial_id]
         pos = {int(e): i for i, e in enumerate(idx)}
         flags = torch.zeros(a.n, dtype=torch.bool)
         for r in rows:
-            if r["trial_id"] == trial.trial_id:
-                flags[pos[r["example_index"]]] = bool(r["robust"])
+            flags[pos[r["example_index"]]] = bool(r["robust"])
         shutil.rmtree(pool.out_dir, ignore_errors=True)
-        return flags, len([r for r in rows if r["trial_id"] == trial.trial_id])
+        return flags, len(rows)
 
     try:
         for kind in a.models.split(","):
