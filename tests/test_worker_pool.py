@@ -104,6 +104,34 @@ def test_single_unit_job_runs_in_process_with_the_actor_rows(ray_local, job, tmp
     assert _rows(tmp_path / "many-here").equals(_rows(tmp_path / "many"))
 
 
+def test_in_process_calls_keep_the_model_until_its_checkpoint_changes(ray_local, job, tmp_path, monkeypatch):
+    """Repeated lone jobs in this process load a checkpoint once, as a warm actor does; weights rewritten at the
+    same path are loaded again, and the rows are those of a fresh actor on the new weights."""
+    import advsweep.evaluation.checkpoints as checkpoints
+
+    loads = []
+    real = checkpoints.load_model
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    trials = job[0]
+    ckpt = shutil.copytree(trials[0].checkpoint, tmp_path / "ckpt")
+    trial = [trials[0].__class__("t0", str(ckpt))]
+    one = [AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
+    _, x, y, index = job
+    small = (trials, x[:SHARD], y[:SHARD], index[:SHARD])
+    for out in ("first", "second"):
+        _, here = _eval(tmp_path / out, small, trial, one)
+        assert here[0]["pid"] == os.getpid()
+    assert loads == [str(ckpt)]
+    assert _rows(tmp_path / "second").equals(_rows(tmp_path / "first"))
+    shutil.rmtree(ckpt)
+    make_checkpoint(ckpt, 7, width=8, blocks=1)  # other weights, same path
+    _eval(tmp_path / "new", small, trial, one)
+    assert loads == [str(ckpt)] * 2
+    _eval(tmp_path / "actor", small, trial, one, in_process=False, head_start=False)
+    new, actor = _rows(tmp_path / "new"), _rows(tmp_path / "actor")
+    assert new.equals(actor) and not new.equals(_rows(tmp_path / "first"))
+
+
 def test_head_start_runs_jobs_here_until_an_actor_is_up(ray_local, job, tmp_path, monkeypatch):
     """A fresh call's first jobs run in this process (a worker's threads); actors start only when the work left
     exceeds their start-up (forced here: 0 s) and take over once up. The rows are those of an actor-only

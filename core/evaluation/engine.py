@@ -77,14 +77,58 @@ class TrialRef:
     index: int | None = None  # position in the spec's trial list (attacks may name trials by it)
 
 
+class ModelCache:
+    """Loaded models (least recently used first, at most `size`) and their clean logits, keyed by checkpoint. A local
+    checkpoint whose weights file changed since it was loaded (same path, new weights) is loaded again and its
+    clean logits dropped; a remote one is a download that `location.local_copy` keeps once per process."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self.models: OrderedDict[tuple[str, str], tuple[tuple | None, torch.nn.Module]] = OrderedDict()
+        self.clean: dict[tuple, torch.Tensor] = {}  # (checkpoint, device type, shard, batch, examples) -> logits
+
+    @staticmethod
+    def stamp(checkpoint: str) -> tuple | None:
+        from advsweep.evaluation.checkpoints import CHECKPOINT_STATE
+
+        if location.is_remote(checkpoint):
+            return None
+        try:
+            st = os.stat(Path(checkpoint) / CHECKPOINT_STATE)
+        except OSError:
+            return None  # load_model names the missing file
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def model(self, checkpoint: str, device: torch.device) -> torch.nn.Module:
+        from advsweep.evaluation.checkpoints import load_model
+
+        key, stamp = (checkpoint, device.type), self.stamp(checkpoint)
+        held = self.models.get(key)
+        if held is None or held[0] != stamp:
+            self.clean = {k: v for k, v in self.clean.items() if k[:2] != key}
+            self.models[key] = (stamp, load_model(checkpoint, device))
+            if len(self.models) > self.size:
+                old, _ = self.models.popitem(last=False)
+                self.clean = {k: v for k, v in self.clean.items() if k[:2] != old}
+        self.models.move_to_end(key)
+        return self.models[key][1]
+
+
+# This process's work in process (lone jobs, the head start) keeps its models across `evaluate` calls, as a warm
+# pool's actors do: a repeated one-shard call then neither reloads the checkpoint nor recomputes its clean logits.
+_LOCAL_CACHE = ModelCache()
+
+
 class EvalWorker:
     """Ray actor body: keeps loaded models, runs units, writes their files. Plain class so it can run in-process."""
 
     def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, cache_models: int = 4,
-                 crash_marker: str | None = None, nice: int = 0, pass_threads: int | None = None):
+                 crash_marker: str | None = None, nice: int = 0, pass_threads: int | None = None,
+                 cache: "ModelCache | None" = None):
         """`threads`: torch threads of a job. `pass_threads` (default `threads`): ε-batched passes (fgsm, pgd, pgd_l2)
         run on that many Python threads with one torch thread each, so their rows never depend on the thread count
-        (see shard.pass_threads_for: one at a time on a GPU)."""
+        (see shard.pass_threads_for: one at a time on a GPU). `cache`: loaded models and clean logits to use and
+        fill (this process's work in process shares one across `evaluate` calls); None: a cache of its own."""
         torch.set_num_threads(max(1, threads))
         self.pass_threads = max(1, threads if pass_threads is None else pass_threads)
         self.malloc_tuned = keep_freed_memory()  # a Ray worker otherwise page-faults every tensor in (see malloc.py)
@@ -93,21 +137,11 @@ class EvalWorker:
             os.nice(nice)
         self.out_dir, self.sweep_id = out_dir, sweep_id
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.models: OrderedDict[str, torch.nn.Module] = OrderedDict()
-        self.cache_models = cache_models
-        self.clean: dict[tuple[str, int], torch.Tensor] = {}
+        self.cache = cache if cache is not None else ModelCache(cache_models)
         self.crash_marker = crash_marker  # tests: die once, mid-unit, after the attack and before the rename
 
     def _model(self, checkpoint: str) -> torch.nn.Module:
-        from advsweep.evaluation.checkpoints import load_model
-
-        if checkpoint not in self.models:
-            self.models[checkpoint] = load_model(checkpoint, self.device)
-            if len(self.models) > self.cache_models:
-                old, _ = self.models.popitem(last=False)
-                self.clean = {k: v for k, v in self.clean.items() if k[0] != old}
-        self.models.move_to_end(checkpoint)
-        return self.models[checkpoint]
+        return self.cache.model(checkpoint, self.device)
 
     def run(self, units: Unit | tuple[Unit, ...], checkpoint: str, x: np.ndarray, y: np.ndarray, index: np.ndarray,
             base_seed: int, batch_size: int, source_checkpoint: str | None = None) -> dict[str, Any]:
@@ -122,12 +156,16 @@ class EvalWorker:
         source = self._model(source_checkpoint) if source_checkpoint else None
         xt = as_float_images(torch.from_numpy(np.array(x)))  # object-store arrays are read-only
         yt = torch.from_numpy(np.array(y)).long()
-        # A warm pool's worker serves many evaluate() calls: the key names the examples, not just the shard number.
-        key = (checkpoint, units[0].shard, batch_size, hash(np.asarray(index).tobytes()))
-        if key not in self.clean:
-            self.clean[key] = predict_logits(model, xt, batch_size, self.device)
-        tables = run_units(model, units, xt, yt, index, self.clean[key], self.sweep_id, base_seed, batch_size,
-                           self.device, source_model=source, pass_threads=self.pass_threads)
+        # A warm pool's worker (and this process's cache) serves many evaluate() calls: the key names the examples
+        # by their indices and pixels, not just the shard number.
+        key = (checkpoint, self.device.type, units[0].shard, batch_size, hash(np.asarray(index).tobytes()),
+               hash(np.asarray(x).tobytes()))
+        clean = self.cache.clean.get(key)
+        if clean is None:
+            clean = self.cache.clean[key] = predict_logits(model, xt, batch_size, self.device)
+        pass_threads = pass_threads_for(model, units, self.pass_threads, self.device)
+        tables = run_units(model, units, xt, yt, index, clean, self.sweep_id, base_seed, batch_size,
+                           self.device, source_model=source, pass_threads=pass_threads)
         if self.crash_marker and not os.path.exists(self.crash_marker):
             Path(self.crash_marker).write_text(str(units))
             os._exit(1)
@@ -145,7 +183,7 @@ class EvalWorker:
                 "minor_faults": minor_faults() - faults_start, "malloc_tuned": self.malloc_tuned,
                 "pid": os.getpid(), **node,
                 "threads": torch.get_num_threads(), "omp_wait": omp_wait(),
-                "pass_threads": pass_threads_for(model, units, self.pass_threads, self.device)}
+                "pass_threads": pass_threads}
 
 
 def free_worker_slots(cpus_per_worker: float, gpus_per_worker: float = 0) -> int:
@@ -440,7 +478,7 @@ class _LocalWorker:
 
     def __init__(self, out_dir: str, sweep_id: str, threads: int, use_gpu: bool, pass_threads: int | None = None):
         self.threads = torch.get_num_threads()
-        self.worker = EvalWorker(out_dir, sweep_id, threads, use_gpu, pass_threads=pass_threads)
+        self.worker = EvalWorker(out_dir, sweep_id, threads, use_gpu, pass_threads=pass_threads, cache=_LOCAL_CACHE)
         self.jobs, self.seconds, self.split = 0, 0.0, 0
 
     def run(self, *args) -> dict[str, Any]:
