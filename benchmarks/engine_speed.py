@@ -93,6 +93,9 @@ def parse_args(argv=None):
                     help="OpenMP wait policy of this process, so of (A)'s 2 threads (default: OpenMP's own)")
     ap.add_argument("--nice", type=int, default=15, help="OS niceness of every arm (Ray's default for its workers)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine_speed.json"))
+    ap.add_argument("--processes-arm", action="store_true",
+                    help="add arm (D): the plain loop in one 1-thread process per core, no Ray (the engine's "
+                         "layout without the engine), for jobs of at least --threads shards")
     ap.add_argument("--report", metavar="JSON", help="only print the table of a (possibly partial) results file")
     args = ap.parse_args(argv)
     gpu = args.device == "cuda"
@@ -158,10 +161,12 @@ def vcpu_gflops(size: int = 384, reps: int = 5) -> list[float]:
     return out
 
 
-def plain_loop(trials, attack, eps_list, x, y, index, shard, batch, base_seed, device):
+def plain_loop(trials, attack, eps_list, x, y, index, shard, batch, base_seed, device, lo=0, n_total=None):
     """(A): one process, no Ray, no files, batches of `batch` over all examples, one ε after another: returns robust
     flags and adversarial predictions keyed like the engine's. Random starts follow the engine's convention (each
-    example's draws from its unit's seed and its position in its shard: `Segment`s), so that rows can be compared."""
+    example's draws from its unit's seed and its position in its shard: `Segment`s), so that rows can be compared.
+    x, y, index may be the part of a job of `n_total` examples that starts at example `lo` (a multiple of `shard`):
+    (D)'s processes each run one part, with the whole job's seeds."""
     from advsweep.attacks import ATTACKS, Segment, build_attack
     from advsweep.evaluation.checkpoints import load_model
     from advsweep.evaluation.units import make_units
@@ -173,7 +178,9 @@ def plain_loop(trials, attack, eps_list, x, y, index, shard, batch, base_seed, d
     out = {}
     for t in trials:
         model = load_model(t.checkpoint, dev)
-        seeds = {(u.eps[0], u.shard): u.seed(base_seed) for u in make_units(t.trial_id, [attack], len(x), shard)}
+        first = lo // shard
+        seeds = {(u.eps[0], u.shard - first): u.seed(base_seed)
+                 for u in make_units(t.trial_id, [attack], n_total or len(x), shard)}
         for eps in eps_list:
             if segmented:  # batches over all examples; a batch that spans shards has one segment per shard
                 atk = build_attack(attack.name, model, eps, seeds[(eps, 0)], **attack.options)
@@ -198,6 +205,67 @@ def plain_loop(trials, attack, eps_list, x, y, index, shard, batch, base_seed, d
                     out[(t.trial_id, eps, int(index[k]))] = (bool(clean[j] == yb[j] and pred[j] == yb[j]),
                                                              int(pred[j]))
     return out
+
+
+def plain_part_main():
+    """A (D) process: reads its part of the job as one JSON line, loads what it needs, says "ready", waits for "go",
+    runs the plain loop on one thread and prints its seconds and rows as one JSON line."""
+    from advsweep.data import load_dataset, stratified_subset
+    from advsweep.evaluation.engine import TrialRef
+    from advsweep.evaluation.units import AttackConfig
+
+    torch.set_num_threads(1)
+    spec = json.loads(sys.stdin.readline())
+    data = load_dataset("fashion-mnist")
+    idx = stratified_subset(data.y_test, spec["mid_n"], 0)[:spec["n"]]
+    lo, hi = spec["lo"], spec["hi"]
+    a = spec["attack"]
+    attack = AttackConfig(a["label"], a["name"], tuple(a["eps"]), a["options"])
+    trials = [TrialRef(*t) for t in spec["trials"]]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t = time.perf_counter()
+    rows = plain_loop(trials, attack, attack.eps, data.x_test[idx[lo:hi]], data.y_test[idx[lo:hi]], idx[lo:hi],
+                      spec["shard"], spec["batch"], 0, "cpu", lo=lo, n_total=spec["n"])
+    print(json.dumps({"seconds": time.perf_counter() - t, "rows": [[*k, *v] for k, v in rows.items()]}), flush=True)
+
+
+def plain_processes(trials, attack, n, args) -> tuple[float, dict] | None:
+    """(D): the plain loop in one 1-thread process per core (--threads), no Ray, each on a shard-aligned part of the
+    examples; the processes start and load beforehand, so the wall (from "go" until the last one finishes) is
+    steady state, like (C)'s. The layout the engine's workers have, without the engine: the machine's own gain from
+    separate processes. None when the job has fewer shards than processes."""
+    import subprocess
+
+    shards = -(-n // args.shard)
+    if shards < args.threads:
+        return None
+    cuts = [args.shard * (shards * i // args.threads) for i in range(args.threads)] + [n]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--plain-part"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(args.threads)]
+    try:
+        for p, lo, hi in zip(procs, cuts, cuts[1:]):
+            spec = {"mid_n": args.mid_n, "n": n, "lo": lo, "hi": hi, "shard": args.shard, "batch": args.batch,
+                    "attack": {"label": attack.label, "name": attack.name, "eps": list(attack.eps),
+                               "options": attack.options},
+                    "trials": [[t.trial_id, t.checkpoint, t.index] for t in trials]}
+            p.stdin.write(json.dumps(spec) + "\n")
+            p.stdin.flush()
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a (D) process failed to start")
+        t = time.perf_counter()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        parts = [json.loads(p.stdout.readline()) for p in procs]
+        wall = time.perf_counter() - t
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return wall, {(r[0], r[1], r[2]): (r[3], r[4]) for part in parts for r in part["rows"]}
 
 
 def engine_rows(out_dir):
@@ -274,10 +342,11 @@ def main(args):
                 x, y, index = x_all[:n], y_all[:n], idx[:n]
                 job_trials = trials[:n_trials]
                 work_items = n * len(eps) * n_trials
-                busiest, cpu_share = {"A": [], "B": [], "C": []}, {"A": [], "B": [], "C": []}
-                times, loads, diffs, ref = {"A": [], "B": [], "C": []}, {"A": [], "B": [], "C": []}, {}, None
-                vcpus = {"A": [], "B": [], "C": []}
-                order = [k for r in range(args.rounds) for k in (("A", "B", "C") if r % 2 == 0 else ("C", "B", "A"))]
+                arms = "ABCD" if args.processes_arm and -(-n // args.shard) >= args.threads and not gpu else "ABC"
+                busiest, cpu_share = {k: [] for k in arms}, {k: [] for k in arms}
+                times, loads, diffs, ref = {k: [] for k in arms}, {k: [] for k in arms}, {}, None
+                vcpus = {k: [] for k in arms}
+                order = [k for r in range(args.rounds) for k in (arms if r % 2 == 0 else arms[::-1])]
                 for run_i, arm in enumerate(order):
                     out = work / f"{aname}-{sname}-{run_i}"
                     units: list[dict] = []
@@ -291,6 +360,8 @@ def main(args):
                         t, c = time.perf_counter(), time.process_time()
                         rows = plain_loop(job_trials, attack, eps, x, y, index, args.shard, args.batch, 0, args.device)
                         wall, cpu = time.perf_counter() - t, time.process_time() - c
+                    elif arm == "D":
+                        wall, rows = plain_processes(job_trials, attack, n, args)
                     elif arm == "B":
                         t = time.perf_counter()
                         evaluate(out, "bench", job_trials, [attack], x, y, index, shard_size=args.shard,
@@ -313,7 +384,8 @@ def main(args):
                         per_worker[u["pid"]] = per_worker.get(u["pid"], 0.0) + u["seconds"]
                     # cores the computing processes had on average: CPU time of (A)'s process, or of the workers'
                     # run() calls, ÷ the job's wall time
-                    cpu_share[arm].append((cpu if arm == "A" else sum(u["cpu_seconds"] for u in units)) / wall)
+                    cpu_share[arm].append((cpu if arm == "A" else sum(u["cpu_seconds"] for u in units)) / wall
+                                          if arm != "D" else float("nan"))
                     # time inside the workers' run() (busiest worker) vs wall: the rest is the engine's own overhead
                     busiest[arm].append(max(per_worker.values()) if per_worker else wall)
                     loads[arm].append([before, os.getloadavg()[0]])
@@ -324,7 +396,10 @@ def main(args):
                         f"(load {before:.1f})")
                 peaks.append(matmul_peak(args.device, args.threads))
                 job = {"examples": n, "eps": list(eps), "trials": n_trials, "work_items": work_items, "arms": {}}
-                for arm, label in (("A", "plain loop"), ("B", "engine, fresh actors"), ("C", "engine, warm pool")):
+                for arm, label in (("A", "plain loop"), ("B", "engine, fresh actors"), ("C", "engine, warm pool"),
+                                   ("D", "plain loop, one 1-thread process per core")):
+                    if arm not in arms:
+                        continue
                     # ratios per ABBA pair: the i-th run of each arm
                     ratio = [a / b for a, b in zip(times["A"], times[arm])]
                     job["arms"][arm] = {"label": label, "seconds": spread(times[arm]),
@@ -357,6 +432,7 @@ def main(args):
 def markdown(results) -> str:
     a = results["args"]
     m = results["machine"]
+    with_d = any("D" in j["arms"] for j in results["jobs"].values())
     lines = [f"{m['device']} ({m['threads']} threads, niceness {m.get('niceness', 0)}), ResNet width {a['width']} × "
              f"{a['blocks']} blocks, batch "
              f"{a['batch']}, shard {a['shard']}; warm pool start-up {results['warm_pool_startup_s']:.1f} s (once); "
@@ -364,8 +440,9 @@ def markdown(results) -> str:
              f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end.", "",
              "| attack / job | work (ex × ε × trials) | plain loop ex/s | engine fresh: ex/s, vs plain "
              "| warm pool: ex/s, "
-             "vs plain | rows ≠ plain (robust / adv pred) | load before (A/B/C) |",
-             "|---|---:|---:|---:|---:|---|---|"]
+             "vs plain | rows ≠ plain (robust / adv pred) | load before (A/B/C) |"
+             + (" 1-thread processes, no Ray (D): ex/s, vs plain; warm pool vs D |" if with_d else ""),
+             "|---|---:|---:|---:|---:|---|---|" + ("---:|" if with_d else "")]
     for key, j in results["jobs"].items():
         A, B, C = (j["arms"][k] for k in "ABC")
 
@@ -373,12 +450,17 @@ def markdown(results) -> str:
             return f"{s['median']:.2f}× ({s['min']:.2f}–{s['max']:.2f})"
 
         diff = "; ".join(f"{k}: {j['arms'][k]['vs_plain_first_run']['robust_differs']} / "
-                         f"{j['arms'][k]['vs_plain_first_run']['adv_pred_differs']}" for k in "BC"
-                         if j["arms"][k]["vs_plain_first_run"])
+                         f"{j['arms'][k]['vs_plain_first_run']['adv_pred_differs']}" for k in "BCD"
+                         if k in j["arms"] and j["arms"][k]["vs_plain_first_run"])
+        D = j["arms"].get("D")
+        d_cell = ""
+        if with_d:
+            d_cell = (f" {D['examples_per_s']:.1f}, {r(D['speedup_vs_plain'])}; "
+                      f"{C['examples_per_s'] / D['examples_per_s']:.2f}× |" if D else " – |")
         load = "/".join(f"{statistics.median(x[0] for x in j['arms'][k]['loadavg_before_after']):.1f}" for k in "ABC")
         lines.append(f"| {key} | {j['work_items']} | {A['examples_per_s']:.1f} | {B['examples_per_s']:.1f}, "
                      f"{r(B['speedup_vs_plain'])} | {C['examples_per_s']:.1f}, "
-                     f"{r(C['speedup_vs_plain'])} | {diff} | {load} |")
+                     f"{r(C['speedup_vs_plain'])} | {diff} | {load} |{d_cell}")
     probes = [g for j in results["jobs"].values() for arm in j["arms"].values()
               for run in arm.get("vcpu_gflops_before", []) for g in run]
     if probes:
@@ -388,6 +470,9 @@ def markdown(results) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--plain-part"]:
+        plain_part_main()
+        sys.exit()
     _args = parse_args()
     if _args.report:
         _res = json.loads(Path(_args.report).read_text())

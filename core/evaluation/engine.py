@@ -230,10 +230,12 @@ def jobs(units: list[Unit], shard_lengths: list[int], batch_size: int) -> list[t
 
 
 def _report(progress: Callable[[Unit, dict], None] | None, job: tuple[Unit, ...], info: dict[str, Any]) -> None:
-    """Progress is counted in units: a job's units share its time."""
+    """Progress is counted in units: a job's units share its time, CPU time and page faults (so that sums over
+    units are the job's)."""
     if progress:
+        share = {k: info[k] / len(job) for k in ("seconds", "cpu_seconds", "minor_faults")}
         for u in job:
-            progress(u, {**info, "seconds": info["seconds"] / len(job)})
+            progress(u, {**info, **share})
 
 
 class WorkerPool:
