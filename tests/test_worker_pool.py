@@ -196,8 +196,9 @@ def test_pass_bounds_cut_a_lone_shard_between_threads():
 
 def test_lone_job_spreads_its_passes_over_the_node_cpus_with_the_actor_rows(ray_local, job, tmp_path):
     """One pending ε-batched job runs in this process with its passes on 2 one-thread Python threads, also when a
-    warm pool is at hand (a niced background pool, or a job that cannot split, stays on the actor); the rows are
-    those of one actor running it as one pass (batch = shard size: 2 passes of 8 here, 1 of 16 there)."""
+    warm pool is at hand (a niced background pool's job stays on its actor); the rows are those of one actor
+    running it as one pass (batch = shard size: 2 passes of 8 here, 1 of 16 there). A lone job that cannot split
+    (Square) runs here too beside a warm pool, on a worker's one thread, with the rows of the pool's actor."""
     trials = job[0]
     _, x, y, index = job
     lone = (trials, x[:SHARD], y[:SHARD], index[:SHARD])
@@ -211,10 +212,14 @@ def test_lone_job_spreads_its_passes_over_the_node_cpus_with_the_actor_rows(ray_
     with WorkerPool(tmp_path / "warm", "sweep-p") as pool:
         _, warm = lone_eval(tmp_path / "warm", lone, trials[:1], pgd, pool=pool)
         assert warm[0]["pid"] == os.getpid() and warm[0]["pass_threads"] == 2 and pool.created == 0
-        # a job that cannot split its passes gains nothing here: it stays on the warm actor
         square_attack = [AttackConfig("sq", "square", (0.1,), {"n_queries": 5})]
         _, square = lone_eval(tmp_path / "warm", lone, trials[:1], square_attack, pool=pool)
-        assert square[0]["pid"] != os.getpid() and square[0]["pass_threads"] == 1
+        assert square[0]["pid"] == os.getpid() and (square[0]["threads"], square[0]["pass_threads"]) == (1, 1)
+        _, on_actor = lone_eval(tmp_path / "warm-actor", lone, trials[:1], square_attack, pool=None,
+                                num_workers=1, in_process=False, head_start=False)
+        assert on_actor[0]["pid"] != os.getpid()
+        assert pool.created == 0
+    assert _rows(tmp_path / "warm").query("attack == 'sq'").reset_index(drop=True).equals(_rows(tmp_path / "warm-actor"))
     with WorkerPool(tmp_path / "bg", "sweep-p", background=True) as pool:
         _, bg = lone_eval(tmp_path / "bg", lone, trials[:1], pgd, pool=pool)
         assert bg[0]["pid"] != os.getpid()

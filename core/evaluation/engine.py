@@ -323,9 +323,9 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     `in_process`: run the units in this process (the same worker code and files; no actor start-up, no retry of a
     dying process) with a worker's torch threads (`cpus_per_worker`), and ε-batched passes on as many 1-thread
     Python threads as `num_workers` workers have CPUs (default: the node's CPUs); None: only when the pending
-    units make one job (see `jobs`) on a one-node CPU cluster, without a pool (an actor would add its start-up) or,
-    for an ε-batched job, with a warm pool that is not niced (background; its actor would run the job on one
-    worker's CPUs).
+    units make one job (see `jobs`) on a one-node CPU cluster, without a pool (an actor would add its start-up) or
+    with a warm pool that is not niced (background): its actor would run an ε-batched job on one worker's CPUs,
+    and any job after a round trip, while this process keeps its models across calls too (`ModelCache`).
     `head_start`: this process runs the first jobs itself (a worker's torch threads; ε-batched passes on as many
     1-thread Python threads as the workers have CPUs) and starts the actors only once the work left, at the pace of
     the jobs done so far, exceeds `HEAD_START_S` (`HEAD_START_SPLIT_S` when its jobs used all those CPUs); it stops taking
@@ -334,7 +334,6 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     marker)."""
     import ray
 
-    from advsweep.evaluation.shard import eps_batched
 
     out_dir = str(location.root(out_dir))
     units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
@@ -358,11 +357,12 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     one_node = not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) == 1
     one_cpu_node = pool is None and not gpus_per_worker and crash_marker is None and one_node
     if in_process is None:
-        # A warm pool's actor would run a lone ε-batched job on its one worker's CPUs; here its passes can use all
-        # the node's. Not for a niced (background) pool: its work must yield to training, this process does not.
+        # A warm pool's actor would run a lone ε-batched job on its one worker's CPUs (here its passes can use all
+        # the node's) and any lone job after a round trip. Not for a niced (background) pool: its work must yield
+        # to training, this process does not.
         in_process = len(work) == 1 and (one_cpu_node or (
             pool is not None and one_node and not pool.gpus_per_worker and pool.nice == 0 and crash_marker is None
-            and pool.crash_marker is None and all(eps_batched(u) for u in work[0])))
+            and pool.crash_marker is None))
     # Work in this process uses a worker's thread count: an adaptive ODE solver's steps, and so a unit's rows, can
     # depend on the number of threads, and rows must not depend on where a unit ran. ε-batched passes run on
     # 1-thread Python threads anyway (EvalWorker), so a lone job spreads its passes over the node's CPUs.
