@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: install data quickstart test bench bench-engine bench-search clean
+.PHONY: install data browser quickstart test bench bench-engine bench-search clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,16 @@ data:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# Headless Chromium for the test that renders the HTML report, where apt is usable (without it that test skips).
+browser:
+	-@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
 quickstart: install
 	$(VENV)/bin/advsweep run sweeps/quickstart.yaml   # writes runs/quickstart-<time>/
 
-test: install
+test: install browser
 	$(VENV)/bin/python -m pytest -q -ra -n 2 --dist loadfile --durations=25 tests
 
 bench: install
