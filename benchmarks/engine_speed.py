@@ -14,6 +14,9 @@ load affects every arm alike):
       benchmark, started and waited for once (that wait is the fixed start-up, reported apart); its actors keep the
       models and clean predictions of earlier runs, as in a sweep's evaluation stage after overlapped evaluation or a
       second attack on the same trials. C's wall is the steady-state throughput.
+  (D) with --processes-arm: the plain loop in one 1-thread process per core, no Ray, each on a shard-aligned part of
+      the examples, started and loaded beforehand: the layout of (C)'s workers without the engine, so C ÷ D is what
+      the engine itself costs or gains and D ÷ A what separate processes gain on this machine.
 
 Job sizes (CPU defaults scaled to minutes on 2 cores; --mid-n/--trials for the issue's full sizes):
   one shard  = one shard of --shard examples × 1 ε × 1 trial;
