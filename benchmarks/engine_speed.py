@@ -233,16 +233,14 @@ def plain_part_main():
     print(json.dumps({"seconds": time.perf_counter() - t, "rows": [[*k, *v] for k, v in rows.items()]}), flush=True)
 
 
-def plain_processes(trials, attack, n, args) -> tuple[float, dict] | None:
+def plain_processes(trials, attack, n, args) -> tuple[float, dict]:
     """(D): the plain loop in one 1-thread process per core (--threads), no Ray, each on a shard-aligned part of the
-    examples; the processes start and load beforehand, so the wall (from "go" until the last one finishes) is
-    steady state, like (C)'s. The layout the engine's workers have, without the engine: the machine's own gain from
-    separate processes. None when the job has fewer shards than processes."""
+    examples (the job has at least as many shards as processes); the processes start and load beforehand, so the
+    wall (from "go" until the last one finishes) is steady state, like (C)'s. The layout the engine's workers have,
+    without the engine: the machine's own gain from separate processes."""
     import subprocess
 
     shards = -(-n // args.shard)
-    if shards < args.threads:
-        return None
     cuts = [args.shard * (shards * i // args.threads) for i in range(args.threads)] + [n]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, __file__, "--plain-part"], stdin=subprocess.PIPE,

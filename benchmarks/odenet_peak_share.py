@@ -25,17 +25,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attack_throughput import count_flops  # noqa: E402
+from attack_throughput import MODELS, count_flops, sgemm_gflops  # noqa: E402
 
-MODELS = {"resnet": {"width": 64, "blocks": 4}, "odenet": {"width": 32, "solver": "rk4", "step_size": 0.25}}
 KINDS = (("convolution backward", ("convolution_backward",)), ("convolution forward", ("mkldnn_convolution",
          "conv2d", "_convolution")), ("GroupNorm", ("group_norm",)), ("copies", ("copy_",)))
-
-
-def sgemm_peak(size: int = 1024, reps: int = 5) -> float:
-    a = torch.randn(size, size)
-    best = min(_timed(lambda: a @ a) for _ in range(reps))
-    return 2 * size ** 3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -80,14 +73,14 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     batches = [int(b) for b in args.batches.split(",")]
-    models = {name: build_model(name, 1, 10, 28, **opts).eval() for name, opts in MODELS.items()}
+    models = {name: build_model(kind, 1, 10, 28, **opts).eval() for name, (kind, opts) in MODELS.items()}
     data = {b: (torch.rand(b, 1, 28, 28), torch.randint(0, 10, (b,))) for b in batches}
     flops = {name: count_flops(m, *data[batches[0]])["step"] for name, m in models.items()}
     times = {(n, b): [] for n in models for b in batches}
     peaks = []
     start = time.perf_counter()
     for r in range(args.rounds):
-        peaks.append(sgemm_peak())
+        peaks.append(sgemm_gflops(1))
         for b in (batches if r % 2 == 0 else batches[::-1]):
             for name in (models if r % 2 == 0 else list(models)[::-1]):
                 m, (x, y) = models[name], data[b]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from advsweep.evaluation.engine import WorkerPool, evaluate
+from advsweep.evaluation.engine import TrialRef, WorkerPool, evaluate
 from advsweep.evaluation.units import AttackConfig
 from advsweep.storage.parquet import read_examples
 from checkpoints import make_checkpoint, two_trial_job
@@ -114,7 +114,7 @@ def test_in_process_calls_keep_the_model_until_its_checkpoint_changes(ray_local,
     monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
     trials = job[0]
     ckpt = shutil.copytree(trials[0].checkpoint, tmp_path / "ckpt")
-    trial = [trials[0].__class__("t0", str(ckpt))]
+    trial = [TrialRef("t0", str(ckpt))]
     one = [AttackConfig("pgd", "pgd", (0.1,), {"steps": 3})]
     _, x, y, index = job
     small = (trials, x[:SHARD], y[:SHARD], index[:SHARD])

@@ -85,7 +85,7 @@ class ModelCache:
     def __init__(self, size: int = 4):
         self.size = size
         self.models: OrderedDict[tuple[str, str], tuple[tuple | None, torch.nn.Module]] = OrderedDict()
-        self.clean: dict[tuple, torch.Tensor] = {}  # (checkpoint, device type, shard, batch, examples) -> logits
+        self.clean: dict[tuple, torch.Tensor] = {}  # (checkpoint, device type, batch, pixels' hash) -> logits
 
     @staticmethod
     def stamp(checkpoint: str) -> tuple | None:
@@ -105,13 +105,15 @@ class ModelCache:
         key, stamp = (checkpoint, device.type), self.stamp(checkpoint)
         held = self.models.get(key)
         if held is None or held[0] != stamp:
-            self.clean = {k: v for k, v in self.clean.items() if k[:2] != key}
+            self._forget_clean(key)
             self.models[key] = (stamp, load_model(checkpoint, device))
             if len(self.models) > self.size:
-                old, _ = self.models.popitem(last=False)
-                self.clean = {k: v for k, v in self.clean.items() if k[:2] != old}
+                self._forget_clean(self.models.popitem(last=False)[0])
         self.models.move_to_end(key)
         return self.models[key][1]
+
+    def _forget_clean(self, model_key: tuple[str, str]) -> None:
+        self.clean = {k: v for k, v in self.clean.items() if k[:2] != model_key}
 
 
 # This process's work in process (lone jobs, the head start) keeps its models across `evaluate` calls, as a warm
@@ -157,9 +159,8 @@ class EvalWorker:
         xt = as_float_images(torch.from_numpy(np.array(x)))  # object-store arrays are read-only
         yt = torch.from_numpy(np.array(y)).long()
         # A warm pool's worker (and this process's cache) serves many evaluate() calls: the key names the examples
-        # by their indices and pixels, not just the shard number.
-        key = (checkpoint, self.device.type, units[0].shard, batch_size, hash(np.asarray(index).tobytes()),
-               hash(np.asarray(x).tobytes()))
+        # by their pixels, not by a shard number or dataset indices that another call may give other images.
+        key = (checkpoint, self.device.type, batch_size, hash(np.asarray(x).tobytes()))
         clean = self.cache.clean.get(key)
         if clean is None:
             clean = self.cache.clean[key] = predict_logits(model, xt, batch_size, self.device)
@@ -333,7 +334,6 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     start-up never waits for one. None: on for a call without a warm pool on a one-node CPU cluster (no crash
     marker)."""
     import ray
-
 
     out_dir = str(location.root(out_dir))
     units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
