@@ -331,3 +331,65 @@ def test_blur_is_a_normalised_gaussian():
     assert w[0, 0, 2, 2] == w.max() and torch.equal(w[0, 0], w[0, 0].T) and torch.equal(w[0, 0], w[0, 0].flip(0))
     x = torch.full((1, 3, 16, 16), 0.7)  # constant images are fixed points (reflect padding)
     torch.testing.assert_close(model(x), x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MaxPool2d: the strided-maximum forward where no gradient is recorded must give nn.MaxPool2d's output exactly.
+
+@pytest.mark.parametrize("shape,k", [((64, 16, 28, 28), 2), ((3, 32, 27, 13), 2), ((160, 9, 9), 3), ((2, 8, 31, 30), 3)])
+def test_maxpool_fast_forward_equals_torch(shape, k):
+    from advsweep.models.layers import MaxPool2d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(*shape, generator=gen))
+    x = torch.round(x * 4) / 4  # many ties, zeros (post-ReLU) and positive ones
+    x.view(-1)[::997] = float("nan")
+    x.view(-1)[5::1009] = float("-inf")
+    fast, ref = MaxPool2d(k), nn.MaxPool2d(k)
+    with torch.no_grad():
+        assert fast._fast(x)  # the test is about the fast path: it must be taken here
+        out = fast(x)
+        expected = ref(x)
+    assert out.shape == expected.shape
+    assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()
+    assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(expected))
+
+
+def test_maxpool_keeps_torch_kernel_where_gradients_flow_or_windows_overlap():
+    from advsweep.models.layers import MaxPool2d
+
+    x = torch.rand(4, 16, 28, 28, requires_grad=True)
+    assert not MaxPool2d(2)._fast(x)  # gradients recorded: torch's kernel and its backward
+    with torch.no_grad():
+        assert MaxPool2d(2)._fast(x)
+        assert not MaxPool2d(3, stride=2)._fast(x) and not MaxPool2d(2, padding=1)._fast(x)
+        assert not MaxPool2d(2, ceil_mode=True)._fast(x) and not MaxPool2d(2)._fast(x[:1, :1])  # small: slower
+        assert torch.equal(MaxPool2d(3, stride=2)(x), nn.MaxPool2d(3, stride=2)(x))
+
+
+@pytest.mark.parametrize("name", ["convnet", "smallcnn"])
+def test_pooled_models_give_torch_pooling_logits_and_gradients(name):
+    """The zoo's pooled models against copies with nn.MaxPool2d: equal logits without gradients, equal input
+    gradients with them."""
+    import copy
+
+    from advsweep.models.layers import MaxPool2d
+
+    torch.manual_seed(0)
+    model = make(name).eval()
+    plain = copy.deepcopy(model)
+    swapped = 0
+    for module in plain.modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, MaxPool2d):
+                setattr(module, child_name, nn.MaxPool2d(child.kernel_size, child.stride))
+                swapped += 1
+    assert swapped == 2
+    x = torch.rand(32, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    grads = []
+    for m in (model, plain):
+        xr = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(m(xr).logsumexp(1).sum(), xr)[0])
+    assert torch.equal(*grads)

@@ -15,6 +15,7 @@ from torch import nn
 
 from advsweep.models import register_model
 from advsweep.models.feedforward import Activation, FeedForward, Stage, dense_stages
+from advsweep.models.layers import MaxPool2d
 
 
 @register_model("convnet")
@@ -33,6 +34,6 @@ def convnet(
         if conv_out < 2:
             raise ValueError(f"convnet: image_size {image_size} is too small for {len(channels)} conv-pool layers")
         stages.append(Stage(nn.Conv2d(c_in, c, kernel_size, padding=kernel_size // 2), activation,
-                            post=nn.MaxPool2d(2)))
+                            post=MaxPool2d(2)))
         c_in, size = c, conv_out // 2
     return FeedForward(stages + dense_stages(c_in * size * size, list(hidden), num_classes, activation))

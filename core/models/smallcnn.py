@@ -13,6 +13,7 @@ from torch import nn
 
 from advsweep.models import register_model
 from advsweep.models.feedforward import FeedForward, Stage
+from advsweep.models.layers import MaxPool2d
 
 Probability = confloat(ge=0.0, lt=1.0)
 
@@ -31,9 +32,9 @@ def smallcnn(in_channels: int, num_classes: int, image_size: int, dropout: Proba
     nn.init.zeros_(fc3.bias)
     return FeedForward([
         Stage(convs[0], "relu"),
-        Stage(convs[1], "relu", post=nn.MaxPool2d(2, 2)),
+        Stage(convs[1], "relu", post=MaxPool2d(2, 2)),
         Stage(convs[2], "relu"),
-        Stage(convs[3], "relu", post=nn.MaxPool2d(2, 2)),
+        Stage(convs[3], "relu", post=MaxPool2d(2, 2)),
         Stage(fc1, "relu", pre=nn.Flatten(), post=nn.Dropout(dropout)),
         Stage(fc2, "relu"),
         Stage(fc3),
