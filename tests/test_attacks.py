@@ -310,6 +310,24 @@ def test_square_skips_no_op_candidates_with_torchattacks_results(clf, loss):
     assert (res.steps > 300).sum() > 8  # points that stayed robust throughout
 
 
+@pytest.mark.parametrize("p_init,eps", [(0.8, 0.05), (0.01, 0.02)])
+def test_square_single_run_equals_torchattacks_points_and_query_counts(clf, p_init, eps):
+    """The ℓ∞ single run (compact state, window-only updates, no-op candidates skipped) against torchattacks'
+    own `attack_single_run` from the same RNG state: the same best points and queries per point."""
+    from advsweep.attacks.torchattacks_based import _Square
+
+    model, x, y = clf
+    runs = []
+    for run in (_Square.attack_single_run, torchattacks.Square.attack_single_run):
+        atk = _Square(model, eps=eps, n_queries=300, p_init=p_init, seed=7, resc_schedule=False)
+        atk.init_hyperparam(x)
+        torch.manual_seed(7)
+        runs.append(run(atk, x, y))
+    (q, best), (q_ta, best_ta) = runs
+    assert torch.equal(best, best_ta) and torch.equal(q, q_ta)
+    assert q.min() < 50 and q.max() == 301  # points fooled early and points never fooled
+
+
 def test_autoattack_standard_settings_and_cascade(clf):
     model, x, y = clf
     default = build_attack("autoattack", model, 0.05, 0)

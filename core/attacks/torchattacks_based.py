@@ -131,12 +131,13 @@ class _FAB(_Tracked, torchattacks.FAB):
 
 
 class _Square(torchattacks.Square):
-    """torchattacks' Square with two changes that leave every result bit-identical (tested against torchattacks):
-    the model runs under inference mode, and in the ℓ∞ run a candidate equal to its point's current best (the
-    window's new sign is the one every pixel of the window already has, or the clamp to [0, 1] undoes it) is not
-    sent through the model. Its score is the best's, so torchattacks' update leaves that point as it is; measured
-    on an adversarially trained Fashion-MNIST ConvNet, 23 % of standard AutoAttack's Square candidates are such
-    no-ops. They still count as queries (the reference's count)."""
+    """torchattacks' Square, run differently with every result bit-identical (tested against torchattacks): the
+    model runs under inference mode; in the ℓ∞ run a candidate equal to its point's current best (the window's new
+    sign is the one every pixel of the window already has, or the clamp to [0, 1] undoes it) is not sent through
+    the model. Its score is the best's, so torchattacks' update leaves that point as it is; measured on an
+    adversarially trained Fashion-MNIST ConvNet, 23 % of standard AutoAttack's Square candidates are such no-ops.
+    They still count as queries (the reference's count). The ℓ∞ run also keeps the points still to fool in compact
+    tensors and works inside the window only (see `attack_single_run`)."""
 
     def margin_and_loss(self, x, y):
         with torch.inference_mode():
@@ -155,43 +156,59 @@ class _Square(torchattacks.Square):
     def attack_single_run(self, x, y):
         if self.norm != "Linf":
             return super().attack_single_run(x, y)
-        # torchattacks 3.5.1 Square.attack_single_run (Linf), the same operations and random draws in the same order
+        # torchattacks 3.5.1 Square.attack_single_run (Linf): the same random draws in the same order and the same
+        # arithmetic on every value that can change. How it is scheduled differs, not what it computes: the points
+        # still to fool keep their state in compact tensors, gathered again only when one of them is fooled
+        # (torchattacks gathers and scatters five tensors per query); the candidate, its bounds and the update are
+        # computed inside the window only (outside it a candidate equals its point's best exactly: a best is
+        # always within the ε-ball and [0, 1], and torchattacks' blend 1·a + 0·a returns a); a candidate equal to
+        # its best is not sent through the model (its score is the best's, so the update leaves that point as it is).
         with torch.no_grad():
-            c, h, w = x.shape[1:]
+            n, (c, h, w) = len(x), x.shape[1:]
             n_features = c * h * w
-            x_best = torch.clamp(x + self.eps * self.random_choice([x.shape[0], c, 1, w]), 0.0, 1.0)
+            x_best = torch.clamp(x + self.eps * self.random_choice([n, c, 1, w]), 0.0, 1.0)
             margin_min, loss_min = self.margin_and_loss(x_best, y)
-            n_queries = torch.ones(x.shape[0]).to(self.device)
+            n_queries = torch.ones(n).to(self.device)
+            idx = (margin_min > 0.0).nonzero().flatten()  # the points still to fool, in index order
+            yc, lo, hi = y[idx], x[idx] - self.eps, x[idx] + self.eps
+            best, m_best, l_best = x_best[idx], margin_min[idx], loss_min[idx]
+            done = 0  # queries made so far (after the first) by every point still to fool
             for i_iter in range(self.n_queries):
-                idx_to_fool = (margin_min > 0.0).nonzero().flatten()
-                if len(idx_to_fool) == 0:
+                if len(idx) == 0:
                     break
-                x_curr, x_best_curr, y_curr = x[idx_to_fool], x_best[idx_to_fool], y[idx_to_fool]
-                margin_min_curr, loss_min_curr = margin_min[idx_to_fool], loss_min[idx_to_fool]
                 p = self.p_selection(i_iter)
                 s = max(int(round(math.sqrt(p * n_features / c))), 1)
-                vh = self.random_int(0, h - s)
-                vw = self.random_int(0, w - s)
-                new_deltas = torch.zeros([c, h, w]).to(self.device)
-                new_deltas[:, vh:vh + s, vw:vw + s] = 2.0 * self.eps * self.random_choice([c, 1, 1])
-                x_new = torch.min(torch.max(x_best_curr + new_deltas, x_curr - self.eps), x_curr + self.eps)
-                x_new = torch.clamp(x_new, 0.0, 1.0)
-                changed = (x_new != x_best_curr).flatten(1).any(1)
-                margin, loss = margin_min_curr.clone(), loss_min_curr.clone()  # a no-op candidate scores its best
-                if changed.all():
-                    margin, loss = self.margin_and_loss(x_new, y_curr)
-                elif changed.any():
-                    margin[changed], loss[changed] = self.margin_and_loss(x_new[changed], y_curr[changed])
-                idx_improved = (loss < loss_min_curr).float()
-                loss_min[idx_to_fool] = idx_improved * loss + (1.0 - idx_improved) * loss_min_curr
-                idx_miscl = (margin <= 0.0).float()
-                idx_improved = torch.max(idx_improved, idx_miscl)
-                margin_min[idx_to_fool] = idx_improved * margin + (1.0 - idx_improved) * margin_min_curr
-                idx_improved = idx_improved.reshape([-1, *[1] * len(x.shape[:-1])])
-                x_best[idx_to_fool] = idx_improved * x_new + (1.0 - idx_improved) * x_best_curr
-                n_queries[idx_to_fool] += 1.0
-                if (margin_min <= 0.0).all():
-                    break
+                vh = int(self.random_int(0, h - s))
+                vw = int(self.random_int(0, w - s))
+                delta = 2.0 * self.eps * self.random_choice([c, 1, 1])
+                win = (..., slice(vh, vh + s), slice(vw, vw + s))
+                b_win = best[win]
+                new_win = torch.clamp(torch.min(torch.max(b_win + delta, lo[win]), hi[win]), 0.0, 1.0)
+                changed = (new_win != b_win).flatten(1).any(1)
+                margin, loss = m_best.clone(), l_best.clone()  # a no-op candidate scores its best
+                if changed.any():
+                    x_new = best.clone()
+                    x_new[win] = new_win
+                    if changed.all():
+                        margin, loss = self.margin_and_loss(x_new, yc)
+                    else:
+                        margin[changed], loss[changed] = self.margin_and_loss(x_new[changed], yc[changed])
+                improved = (loss < l_best).float()
+                l_best = improved * loss + (1.0 - improved) * l_best
+                improved = torch.max(improved, (margin <= 0.0).float())
+                m_best = improved * margin + (1.0 - improved) * m_best
+                improved = improved.reshape([-1, *[1] * (x.dim() - 1)])
+                best[win] = improved * new_win + (1.0 - improved) * b_win
+                done += 1
+                still = m_best > 0.0
+                if not bool(still.all()):
+                    gone = idx[~still]
+                    x_best[gone] = best[~still]
+                    n_queries[gone] += done
+                    idx, yc, lo, hi = idx[still], yc[still], lo[still], hi[still]
+                    best, m_best, l_best = best[still], m_best[still], l_best[still]
+            x_best[idx] = best
+            n_queries[idx] += done
         return n_queries, x_best
 
     def perturb_counted(self, x, y):
