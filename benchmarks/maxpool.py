@@ -146,6 +146,12 @@ def main():
     results["total_seconds"] = time.perf_counter() - start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
+    print("| case | threads | torch ÷ zoo, median (min–max) | identical |\n|---|---:|---:|---|")
+    for c in results["cases"]:
+        label = f"forward, {c['model']}, batch {c['batch']}" if c["case"] == "forward" else c["case"]
+        r = c["ratio"]
+        print(f"| {label} | {c['threads']} | {r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f}) | "
+              f"{c['identical_outputs']} |")
     print(f"wrote {args.out} ({results['total_seconds']:.0f} s)", file=sys.stderr)
 
 
