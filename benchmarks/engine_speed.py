@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attack_throughput import count_flops, save_checkpoint, train  # noqa: E402
+from attack_throughput import count_flops, save_checkpoint, spread, train  # noqa: E402
 
 EPS = (0.05, 0.1, 0.15)
 
@@ -281,10 +281,6 @@ def differences(ref, other):
     return {"rows": len(other), "missing": len(keys - set(other)),
             "robust_differs": sum(ref.get(k, (None,))[0] != other.get(k, (None,))[0] for k in keys),
             "adv_pred_differs": sum(ref.get(k, (0, None))[1] != other.get(k, (0, None))[1] for k in keys)}
-
-
-def spread(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
 
 
 def main(args):

@@ -54,10 +54,6 @@ def timed(fn, reps: int = 1) -> tuple[float, object]:
     return (time.perf_counter() - t) / reps, out
 
 
-def spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "all": xs}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="ABBA rounds (each runs both arms twice)")
@@ -66,7 +62,7 @@ def main():
     ap.add_argument("--no-autoattack", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "maxpool.json"))
     args = ap.parse_args()
-    from autoattack_reference import train
+    from autoattack_reference import spread, train
 
     from advsweep.attacks import build_attack
     from advsweep.attacks.autoattack import AutoAttack
