@@ -204,6 +204,7 @@ def plain_loop(trials, attack, eps_list, x, y, index, shard, batch, base_seed, d
                     adv = build_attack(attack.name, model, eps, seeds[(eps, s)], **attack.options)(xb, yb).x_adv
                 with torch.no_grad():
                     pred = model(adv).argmax(1)
+                clean, pred, yb = clean.cpu(), pred.cpu(), yb.cpu()  # one copy per batch, not a sync per example
                 for j, k in enumerate(range(i, end)):
                     out[(t.trial_id, eps, int(index[k]))] = (bool(clean[j] == yb[j] and pred[j] == yb[j]),
                                                              int(pred[j]))
@@ -291,6 +292,10 @@ def main(args):
 
     t_start = time.perf_counter()
     gpu = args.device == "cuda"
+    if gpu:  # (A) computes as the engine's workers do: fp32 (no TF32), deterministic cuDNN
+        from advsweep.devices import worker_device
+
+        worker_device(1, "the plain loop")
     torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist")
     work = Path(tempfile.mkdtemp(prefix="advsweep-speed-"))

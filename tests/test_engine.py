@@ -153,3 +153,42 @@ def test_eps_batched_jobs_write_the_rows_of_one_unit_jobs(ray_local, job, tmp_pa
     alone = _rows(tmp_path / "alone").drop(columns=["node_id", "node_ip"])
     assert _rows(tmp_path / "grouped").drop(columns=["node_id", "node_ip"]).equals(alone)
     assert len(alone) == 2 * 3 * N
+
+
+GPU_WORKER = """
+import pickle, sys
+import ray
+from advsweep.evaluation.engine import evaluate
+from advsweep.evaluation.units import AttackConfig
+trials, x, y, index, out = pickle.load(open(sys.argv[1], "rb"))
+ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    evaluate(out, "s", trials[:1], [AttackConfig("fgsm", "fgsm", (0.1,))], x, y, index, shard_size=16, batch_size=8,
+             base_seed=5, num_workers=1, gpus_per_worker=1)
+    print("RAN")
+except RuntimeError as exc:
+    print("ERROR", exc)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine whose torch sees no GPU")
+def test_a_worker_given_a_gpu_that_torch_cannot_see_stops_the_call_with_its_reason(job, tmp_path):
+    """A Ray that advertises a GPU (num_gpus=1) with a torch that sees none: the worker must not run on the CPU in
+    silence, and its constructor's error must reach the caller at once (not three retries, not a generic line)."""
+    import pickle
+    import subprocess
+    import sys
+
+    _, trials, x, y, index = job
+    args = tmp_path / "args.pkl"
+    args.write_bytes(pickle.dumps((trials, x[:16], y[:16], index[:16], str(tmp_path / "out"))))
+    r = subprocess.run([sys.executable, "-c", GPU_WORKER, str(args)], capture_output=True, text=True, timeout=300)
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
+    assert last.startswith("ERROR an evaluation worker could not start: RuntimeError: an evaluation worker was "
+                           "given 1 GPU by Ray, but torch"), last
+    assert "sees no GPU" in last
+    assert not list((tmp_path / "out").rglob("*.parquet"))
+
+    with pytest.raises(ValueError, match="head_start"):
+        evaluate(tmp_path / "hs", "s", trials[:1], ATTACKS, x, y, index, shard_size=SHARD, batch_size=8,
+                 base_seed=5, gpus_per_worker=1, head_start=True)

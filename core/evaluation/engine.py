@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from advsweep.devices import worker_device
 from advsweep.evaluation.units import AttackConfig, Unit, make_units, shard_bounds
 from advsweep.malloc import keep_freed_memory, minor_faults
 from advsweep.storage import location
@@ -138,7 +139,7 @@ class EvalWorker:
         if nice:  # a background worker (overlapped evaluation): the OS runs training first when cores are short
             os.nice(nice)
         self.out_dir, self.sweep_id = out_dir, sweep_id
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = worker_device(1 if use_gpu else 0, "an evaluation worker")
         self.cache = cache if cache is not None else ModelCache(cache_models)
         self.crash_marker = crash_marker  # tests: die once, mid-unit, after the attack and before the rename
 
@@ -335,6 +336,9 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     marker)."""
     import ray
 
+    if head_start and (pool.gpus_per_worker if pool is not None else gpus_per_worker):
+        raise ValueError("head_start: this process runs its jobs on the CPU, the workers on GPUs, and a unit's rows "
+                         "must not depend on where it ran")
     out_dir = str(location.root(out_dir))
     units, todo = pending_units(out_dir, trials, attacks, len(x), shard_size, skip)
     if not todo:
@@ -443,8 +447,11 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
             job, actor = inflight.pop(done)
             try:
                 info = ray.get(done)
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as exc:
                 pool.discard(actor)
+                if exc.actor_init_failed:  # its constructor raised (torch sees no GPU, say): a new one would too
+                    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+                    raise RuntimeError(f"an evaluation worker could not start: {lines[-1].strip()}") from exc
                 if actor in evicted:  # never started, killed above: its job goes to a started actor, not counted
                     attempts[job] -= 1
                     queue.append(job)

@@ -11,7 +11,9 @@ works after `Tuner.restore` (Tune pickles callbacks into its experiment state).
 The thread's actors come from one warm `WorkerPool` kept for the whole sweep (each actor process starts, imports torch
 and loads each checkpoint once, not once per completed trial). Its actors hold no CPU slot and run niced, so an idle one
 never keeps a trial from starting and training keeps the cores when both want them; the evaluation stage after
-training reuses the same warm actors (`pool`), and `close()` ends them.
+training reuses the same warm actors (`pool`), and `close()` ends them. Not with GPUs (`resources.gpu` > 0): an
+actor holds its GPU for as long as it lives, idle or not, and warm actors would keep pending trials from ever
+starting; there each completed trial's evaluation starts actors of its own and ends them, handing the GPUs back.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ class OverlappedEvaluation:
 
     def __enter__(self) -> "OverlappedEvaluation":
         _POOLS[self.sweep_id] = self
-        self.pool = WorkerPool(self.out_dir, self.sweep_id, cpus_per_worker=self.cpus, gpus_per_worker=self.gpus,
-                               background=True)
+        if not self.gpus:
+            self.pool = WorkerPool(self.out_dir, self.sweep_id, cpus_per_worker=self.cpus, background=True)
         self.thread.start()
         return self
 
@@ -85,7 +87,7 @@ class OverlappedEvaluation:
                                   self.data["y_test"], self.data["test_index"], shard_size=self.eval_cfg["shard_size"],
                                   batch_size=self.eval_cfg["batch_size"], base_seed=self.eval_cfg["seed"],
                                   num_workers=max(1, free_worker_slots(self.cpus, self.gpus)),
-                                  skip=skip, pool=self.pool)
+                                  cpus_per_worker=self.cpus, gpus_per_worker=self.gpus, skip=skip, pool=self.pool)
                 self.units_run += counts["ran"]
                 self.trials_done.append(ref.trial_id)
             except Exception as exc:  # the final stage redoes what is missing; never lose the sweep to this thread

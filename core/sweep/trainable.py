@@ -21,6 +21,7 @@ import torch
 from ray import tune
 
 from advsweep.attacks import build_attack
+from advsweep.devices import worker_device
 from advsweep.evaluation.checkpoints import CHECKPOINT_META, CHECKPOINT_STATE
 from advsweep.evaluation.engine import ray_node
 from advsweep.evaluation.shard import predict
@@ -160,11 +161,11 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
     trial_id = tctx.get_trial_id()
     torch.set_num_threads(max(1, int(ctx["cpu"])))
     keep_freed_memory()  # a Ray worker otherwise page-faults every freed tensor in again (see advsweep.malloc)
-    device = torch.device("cuda" if ctx["gpu"] > 0 and torch.cuda.is_available() else "cpu")
     seed = cfg.seed  # the replicate seed only: trials differ in seed only when they are replicates
     meta = {k: int(data[k]) for k in ("channels", "num_classes", "image_size")}
     tracker, trainer, base, last = None, None, {"trial_id": trial_id}, {}
     try:
+        device = worker_device(ctx["gpu"], "a trial")
         trainer = build_trainer(cfg, meta, seed, device)
         model = trainer.model
 
@@ -172,7 +173,7 @@ def train_trial(config: dict[str, Any], ctx: dict[str, Any], data: dict[str, np.
         ckpt = tune.get_checkpoint()
         if ckpt:  # retry or restore: continue from the last reported epoch
             with ckpt.as_directory() as d:
-                trainer.load_state_dict(torch.load(Path(d) / CHECKPOINT_STATE, map_location=device, weights_only=True))
+                trainer.load(Path(d) / CHECKPOINT_STATE)
                 history = json.loads((Path(d) / CHECKPOINT_META).read_text()).get(EPOCH_HISTORY, [])
 
         n_params = count_parameters(model)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -79,11 +80,16 @@ class Trainer:
                 "generator": self.generator.get_state(), "train_time": self.train_time,
                 "loss_history": torch.tensor(self.loss_history, dtype=torch.float64)}
 
+    def load(self, path: str | Path) -> None:
+        """Continue from a `state_dict` saved at `path` on any device: loaded on the CPU, then `load_state_dict`
+        moves model and optimizer state to the parameters' device (the data-order generator stays a CPU one)."""
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         self.train_time = float(state.get("train_time", 0.0))
         self.loss_history = [float(v) for v in state.get("loss_history", torch.empty(0))]
 
