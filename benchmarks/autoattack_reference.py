@@ -50,11 +50,16 @@ def parse_args(argv=None):
                     help="whole machine: advsweep's engine (one 1-thread worker per core) vs the reference on all "
                          "cores, per shard with the engine's unit seeds")
     ap.add_argument("--shard", type=int, default=48, help="--engine: shard size (= the reference's batch)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="one process each, on this device (cuda: fp32 without TF32, as advsweep's workers)")
     a = ap.parse_args(argv)
+    if a.engine and a.device != "cpu":
+        ap.error("--device cuda: the one-process comparison only (--engine compares CPU cores)")
     a.n = a.n or (4 * a.shard if a.engine else 64)
     a.rounds = a.rounds or 1
     a.n_iter, a.n_queries = (10, 200) if a.quick else (100, 5000)
-    name = "autoattack_reference" + ("_engine" if a.engine else "") + ("_quick" if a.quick else "")
+    name = ("autoattack_reference" + ("_engine" if a.engine else "") + ("_cuda" if a.device == "cuda" else "")
+            + ("_quick" if a.quick else ""))
     a.out = a.out or OUT / f"{name}.json"
     return a
 
@@ -64,8 +69,8 @@ def log(*a):
 
 
 def reference_dir(given: Path | None) -> tuple[Path, str]:
-    if given is not None:
-        return given, "given"
+    if given is not None:  # a checkout, or an export with the commit in COMMIT (benchmarks/device/bundle.sh)
+        return given, (given / "COMMIT").read_text().strip() if (given / "COMMIT").exists() else "given"
     d = Path(tempfile.mkdtemp(prefix="aa-ref-"))
     git = ["git", "--git-dir", str(MIRROR)]
     files = subprocess.run(git + ["ls-tree", "-r", "--name-only", "HEAD", "autoattack/"], check=True,
@@ -78,13 +83,13 @@ def reference_dir(given: Path | None) -> tuple[Path, str]:
     return d, commit
 
 
-def train(kind: str, data, steps: int, eps: float):
+def train(kind: str, data, steps: int, eps: float, device: str = "cpu"):
     from advsweep.models import build_model
     from advsweep.training import build_recipe
     from advsweep.training.trainer import as_float_images
 
     torch.manual_seed(0)
-    model = build_model("convnet", 1, 10, 28, channels=[16, 32])
+    model = build_model("convnet", 1, 10, 28, channels=[16, 32]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
     recipe = build_recipe("pgd_at", eps=eps, step=1.25 * eps, steps=1) if kind == "adversarial" else None
@@ -92,7 +97,7 @@ def train(kind: str, data, steps: int, eps: float):
     model.train()
     for _ in range(steps):
         i = torch.randint(0, len(x), (64,), generator=gen)
-        xb, yb = as_float_images(x[i]), y[i]
+        xb, yb = as_float_images(x[i]).to(device), y[i].to(device)
         loss = recipe.loss(model, xb, yb)[0] if recipe else F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,7 +112,7 @@ def spread(values: list[float]) -> dict:
 def trained(kind: str, data, a, x, y):
     """The model of `kind` and the start of its record (training time, clean accuracy on x)."""
     t0 = time.perf_counter()
-    model = train(kind, data, a.train_steps, a.eps)
+    model = train(kind, data, a.train_steps, a.eps, a.device)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     rec = {"train_seconds": time.perf_counter() - t0, "clean_correct": int(clean.sum()), "runs": []}
@@ -132,7 +137,7 @@ def reference_attack(model, a, seed: int):
     """The reference's standard AutoAttack with --quick's budgets applied."""
     from autoattack import AutoAttack as RefAutoAttack
 
-    aa = RefAutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=seed, device="cpu", verbose=False)
+    aa = RefAutoAttack(model, norm="Linf", eps=a.eps, version="standard", seed=seed, device=a.device, verbose=False)
     aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = a.n_iter
     for atk in (aa.apgd, aa.apgd_targeted):  # the checkpoints derive from n_iter at construction
         atk.n_iter_2, atk.n_iter_min = max(int(0.22 * a.n_iter), 1), max(int(0.06 * a.n_iter), 1)
@@ -147,6 +152,10 @@ def run_reference(model, x, y, a):
 
 def main(a):
     torch.set_num_threads(a.threads)
+    if a.device == "cuda":
+        from advsweep.devices import worker_device
+
+        worker_device(1, "the benchmark")
     ref, ref_commit = reference_dir(a.reference)
     sys.path.insert(0, str(ref))
     from advsweep.data import load_dataset, stratified_subset
@@ -155,9 +164,11 @@ def main(a):
     data = load_dataset("fashion-mnist")
     idx = stratified_subset(data.y_test, a.n, 0)
     x, y = as_float_images(torch.from_numpy(data.x_test[idx])), torch.from_numpy(data.y_test[idx]).long()
+    x, y = x.to(a.device), y.to(a.device)
     result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
               "reference": {"repo": "fra31/auto-attack", "commit": ref_commit, "licence": "MIT"},
               "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
               "load_start": os.getloadavg(), "models": {}}
     arms = {"ours": lambda m: run_ours(m, x, y, a), "reference": lambda m: run_reference(m, x, y, a)}
     if a.plain:
@@ -171,6 +182,8 @@ def main(a):
                 load0 = os.getloadavg()
                 t, c = time.perf_counter(), time.process_time()
                 x_adv, extra = arms[arm](model)
+                if a.device == "cuda":
+                    torch.cuda.synchronize()
                 sec, cpu = time.perf_counter() - t, time.process_time() - c
                 f = robust_flags(model, x, y, x_adv)
                 flags.setdefault(arm, f)
@@ -195,9 +208,9 @@ def main(a):
             rec["summary"]["flags_agree_plain"] = int((flags["plain"] == flags["reference"]).sum())
         log(kind, json.dumps(rec["summary"]))
         result["models"][kind] = rec
-    result["load_end"] = os.getloadavg()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1))
+        result["load_end"] = os.getloadavg()
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=1))  # after each model: a run cut short keeps what it measured
     log(f"wrote {a.out}")
 
 

@@ -7,7 +7,7 @@
 # Ray's wheel alone is 79 MB, so it travels as a trimmed tree: its Java jars, RLlib, Serve, the LLM library and the
 # dashboard's web client are dropped (the engine uses Ray core only, without a dashboard) and its three native
 # binaries are stripped of symbols, then packed with xz. Versions are those of this checkout's .venv (the tested
-# ones). Fashion-MNIST's four files travel as they are.
+# ones). Fashion-MNIST's four files travel as they are, and the reference AutoAttack's sources (from the local mirror).
 #
 #   bash benchmarks/device/bundle.sh            # for the device machine (CPython 3.12)
 #   PY_VERSION=3.11 bash benchmarks/device/bundle.sh   # the same bundle for this machine's Python, to try it here
@@ -56,6 +56,16 @@ tar -C "$tmp/ray" -cf - . | xz -6 -T0 > "$out/ray.tar.xz"
 for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
     cp "$DATA/$f" "$out/data/fashion-mnist/"
 done
+# The reference AutoAttack (fra31/auto-attack, MIT) for benchmarks/autoattack_reference.py --reference.
+.venv/bin/python - "$out/auto-attack" <<'PY'
+import shutil, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from autoattack_reference import reference_dir
+src, commit = reference_dir(None)
+shutil.copytree(src, sys.argv[1])
+(Path(sys.argv[1]) / "COMMIT").write_text(commit + "\n")
+PY
 
 tree_bytes=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 bundle_bytes=$(du -sb "$out" | cut -f1)
