@@ -44,13 +44,17 @@ def _synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (protos[y] + 0.3 * torch.randn(n, 1, 28, 28, generator=g)).clamp(0, 1), y
 
 
+def train_test(n_train: int, n_test: int):
+    """((x_train, y_train), (x_test, y_test)): the first Fashion-MNIST images, or synthetic ones where it is absent."""
+    if FMNIST.exists():
+        return _fmnist("train", n_train), _fmnist("test", n_test)
+    return _synthetic(n_train, 0), _synthetic(n_test, 1)  # pragma: no cover
+
+
 def train_mlp(hidden: int, n_test: int, epochs: int):
     """(model in eval mode, x, y): a one-hidden-layer MLP trained with Adam on 6,000 Fashion-MNIST images (seed 0)."""
     torch.manual_seed(0)
-    if FMNIST.exists():
-        (xtr, ytr), (x, y) = _fmnist("train", 6000), _fmnist("test", n_test)
-    else:  # pragma: no cover
-        (xtr, ytr), (x, y) = _synthetic(6000, 0), _synthetic(n_test, 1)
+    (xtr, ytr), (x, y) = train_test(6000, n_test)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
     return fit(model, xtr, ytr, epochs, batch=100, lr=2e-3), x, y
 
@@ -465,10 +469,7 @@ def test_gradient_agreement_adjoint_vs_backprop():
 def trained_resnet():
     """(model, x, y): the zoo's `resnet` (width 16, GroupNorm) trained for four epochs on 3,000 Fashion-MNIST images."""
     torch.manual_seed(0)
-    if FMNIST.exists():
-        (xtr, ytr), (x, y) = _fmnist("train", 3000), _fmnist("test", 48)
-    else:  # pragma: no cover
-        (xtr, ytr), (x, y) = _synthetic(3000, 0), _synthetic(48, 1)
+    (xtr, ytr), (x, y) = train_test(3000, 48)
     model = fit(build_model("resnet", 1, 10, 28, width=16, blocks=1), xtr, ytr, 4, batch=50, lr=1e-2)
     assert _acc(model, x, y) > 0.55
     return model, x, y

@@ -5,6 +5,7 @@ machine. `ADVSWEEP_TEST_DEVICE=cpu` runs the same checks on the CPU, to try them
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -13,30 +14,25 @@ import torch
 
 from advsweep.attacks import ATTACKS, build_attack
 from advsweep.devices import worker_device
+from advsweep.evaluation.checkpoints import load_model
 from advsweep.evaluation.engine import TrialRef, evaluate
 from advsweep.evaluation.units import AttackConfig
+from advsweep.models import build_model
 from advsweep.storage.parquet import read_examples
+from advsweep.training import build_recipe
 from advsweep.training.trainer import OptimConfig, Trainer
 from checkpoints import make_checkpoint
-from test_attacks import BOUNDED, FMNIST, _fmnist, _synthetic
+from test_attacks import BOUNDED, train_test
 
 DEVICE = os.environ.get("ADVSWEEP_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="torch sees no CUDA GPU")
 
 
-def _data(n_train: int, n_test: int):
-    if FMNIST.exists():
-        return _fmnist("train", n_train), _fmnist("test", n_test)
-    return _synthetic(n_train, 0), _synthetic(n_test, 1)  # pragma: no cover
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small ResNet trained for a few seconds on the CPU (its checkpoint, the model, 64 test points)."""
-    (xtr, ytr), (x, y) = _data(2000, 64)
+    (xtr, ytr), (x, y) = train_test(2000, 64)
     ckpt = make_checkpoint(tmp_path_factory.mktemp("cuda") / "c", 0, width=8, blocks=1, train=(xtr, ytr))
-    from advsweep.evaluation.checkpoints import load_model
-
     return ckpt, load_model(ckpt), x, y
 
 
@@ -49,8 +45,6 @@ def device():
 def test_attack_on_the_device_stays_in_ball_is_reproducible_and_agrees_with_the_cpu(trained, device, name,
                                                                                      options):
     _, cpu_model, x, y = trained
-    import copy
-
     model = copy.deepcopy(cpu_model).to(device).eval()
     xd, yd = x.to(device), y.to(device)
     cls = ATTACKS.get(name)
@@ -76,10 +70,7 @@ def test_attack_on_the_device_stays_in_ball_is_reproducible_and_agrees_with_the_
 def test_trainer_resumes_on_the_device_as_if_uninterrupted(device, tmp_path):
     """Two epochs in one go == one epoch, a checkpoint, a fresh trainer that loads it, one more epoch (the
     data-order generator is a CPU one: loading a checkpoint onto a GPU trainer must keep it one)."""
-    from advsweep.models import build_model
-    from advsweep.training import build_recipe
-
-    (xtr, ytr), _ = _data(512, 1)
+    (xtr, ytr), _ = train_test(512, 1)
 
     def trainer():
         torch.manual_seed(0)
@@ -126,8 +117,6 @@ def test_engine_rows_on_the_device_are_complete_and_survive_a_killed_worker(ray_
     a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
     assert len(a) == 3 * len(x) and not a.duplicated(["attack", "eps", "example_index"]).any()
     assert a.equals(b), "a rerun after a killed worker wrote other rows"
-    from advsweep.evaluation.checkpoints import load_model
-
     model = load_model(ckpt, device)
     with torch.no_grad():
         clean = model(torch.from_numpy(xu8).float().div(255).to(device)).argmax(1).cpu().numpy()

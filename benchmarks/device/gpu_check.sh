@@ -44,8 +44,7 @@ if [ "$device" = cuda ]; then
     aa_ref=(--device cuda --n 1000 --models adversarial,natural)
 else
     pgd=(--device cpu --mid-n 64 --trials 2 --train-steps 20 --rounds 1)
-    rest=(--device cpu --mid-n 64 --trials 2 --train-steps 20 --rounds 1 --sizes one-shard --aa-iter 2 --aa-queries 20
-          --square-queries 20)
+    rest=("${pgd[@]}" --sizes one-shard --aa-iter 2 --aa-queries 20 --square-queries 20)
     aa_ref=(--device cpu --quick --n 16 --models adversarial --train-steps 20)
 fi
 
