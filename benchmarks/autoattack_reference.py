@@ -30,6 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attack_throughput import spread  # noqa: E402
+
 MIRROR = Path("/work/.mirror/fra31+auto-attack/repo")
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -103,10 +106,6 @@ def train(kind: str, data, steps: int, eps: float, device: str = "cpu"):
         loss.backward()
         opt.step()
     return model.eval()
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
 
 
 def trained(kind: str, data, a, x, y):

@@ -336,7 +336,8 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
     marker)."""
     import ray
 
-    if head_start and (pool.gpus_per_worker if pool is not None else gpus_per_worker):
+    worker_gpus = pool.gpus_per_worker if pool is not None else gpus_per_worker  # a pool's settings replace ours
+    if head_start and worker_gpus:
         raise ValueError("head_start: this process runs its jobs on the CPU, the workers on GPUs, and a unit's rows "
                          "must not depend on where it ran")
     out_dir = str(location.root(out_dir))
@@ -376,8 +377,7 @@ def evaluate(out_dir: str | Path, sweep_id: str, trials: list[TrialRef], attacks
             cpus = num_workers * threads
         else:
             cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
-        gpu = (pool.gpus_per_worker if pool is not None else gpus_per_worker) > 0
-        here = _LocalWorker(out_dir, sweep_id, threads, gpu, pass_threads=max(threads, cpus))
+        here = _LocalWorker(out_dir, sweep_id, threads, worker_gpus > 0, pass_threads=max(threads, cpus))
         try:
             for job in work:
                 _report(progress, job, here.run(*run_args(job, shard_arrays(job))))
